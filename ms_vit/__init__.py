@@ -1,0 +1,10 @@
+"""ms_vit: the Vision Transformer in MindSpore, for Ascend NPUs, GPUs and CPUs."""
+from .checkpoint import CheckpointError
+from .factory import create_model
+from .vit import (ViT, ViTConfig, VARIANTS, Attention, FeedForward, ResidualCell, TransformerEncoder,
+                  PatchEmbedding, DropPath, list_models, variant_config, count_params)
+
+__all__ = ["ViT", "ViTConfig", "VARIANTS", "Attention", "FeedForward", "ResidualCell", "TransformerEncoder",
+           "PatchEmbedding", "DropPath", "CheckpointError", "create_model", "list_models", "variant_config",
+           "count_params"]
+__version__ = "0.1.0"

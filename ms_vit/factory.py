@@ -1,0 +1,52 @@
+"""``create_model``: the one way train.py, eval.py and infer.py build (and load) a ViT."""
+import dataclasses
+from typing import Optional
+
+from . import checkpoint
+from .vit import ViT, ViTConfig, variant_config
+
+# Fields that describe how weights were trained rather than the architecture: a checkpoint's values win
+# over a variant's defaults, since the weights need them.
+_WEIGHT_FIELDS = ("gelu_approximate", "layer_norm_eps", "mean", "std", "crop_pct", "interpolation", "global_pool")
+
+
+def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, image_size: Optional[int] = None,
+                 checkpoint_path: Optional[str] = None, **overrides) -> ViT:
+    """Build a ViT variant and optionally load a checkpoint into it.
+
+    Args:
+        name: a variant such as ``vit_b_16_224`` (see ``list_models()``). May be left out when
+            ``checkpoint_path`` is an ms_vit checkpoint (it records its config) or any checkpoint in
+            ms_vit's layout (the variant is read from its shapes).
+        num_classes: classes of the head; default: the checkpoint's, else 1000. A different count than
+            the checkpoint's leaves the head newly initialised (fine-tuning), announced.
+        image_size: input side; default: the checkpoint's, else the variant's. A different size than
+            the checkpoint's resamples the position embedding, announced.
+        checkpoint_path: a ``.ckpt`` to load; every parameter must fit (see ``checkpoint.load_into``).
+        **overrides: any other ``ViTConfig`` field (``patch_size``, ``depth``, ``drop_path_rate``,
+            ``gelu_approximate``, ...).
+
+    Returns:
+        The ``ViT``; ``net.checkpoint_meta`` holds what the checkpoint recorded (class names, epoch...).
+    """
+    params, meta = checkpoint.read(checkpoint_path) if checkpoint_path else ({}, {})
+    saved = ViTConfig.from_dict(meta["config"]) if "config" in meta else None
+    if name:
+        config = variant_config(name)
+        if saved:
+            config = dataclasses.replace(config, **{k: getattr(saved, k) for k in _WEIGHT_FIELDS})
+    elif saved:
+        config = saved
+    elif params:
+        config = checkpoint.config_from_shapes({k: v.shape for k, v in params.items()})
+    else:
+        raise ValueError("create_model needs a model name or a checkpoint_path")
+    if num_classes is None:
+        num_classes = params["dense.weight"].shape[0] if "dense.weight" in params else config.num_classes
+    fields = dict(overrides, num_classes=num_classes, image_size=image_size)
+    config = dataclasses.replace(config, **{k: v for k, v in fields.items() if v is not None})
+    net = ViT(config)
+    if params:
+        checkpoint.load_into(net, params, source=checkpoint_path)
+    net.checkpoint_meta = meta
+    return net

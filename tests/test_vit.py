@@ -1,0 +1,155 @@
+"""Unit tests of ms_vit.vit: variants, shapes, layout, training step, pooling, stochastic depth, AMP."""
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import nn
+from mindspore.nn.utils import no_init_parameters
+
+from conftest import shared_path
+from ms_vit import ViT, create_model, count_params, list_models, variant_config
+from ms_vit.loss import LabelSmoothingCrossEntropy
+
+PAPER_PARAMS = {  # at 1000 classes and 224 px, as timm counts them
+    "vit_ti_16_224": 5_717_416, "vit_s_16_224": 22_050_664, "vit_b_16_224": 86_567_656,
+    "vit_b_32_224": 88_224_232, "vit_l_16_224": 304_326_632, "vit_l_32_224": 306_535_400,
+    "vit_h_14_224": 632_045_800,
+}
+TINY = dict(num_classes=10, image_size=32, patch_size=8, depth=2)
+
+
+def tiny(**kw):
+    return create_model("vit_ti_16_224", **dict(TINY, **kw))
+
+
+def images(n=4, size=32, seed=0):
+    return ms.Tensor(np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32))
+
+
+def test_variant_table_names():
+    names = list_models()
+    assert len(names) == 14
+    for arch in ("ti_16", "s_16", "b_16", "b_32", "l_16", "l_32", "h_14"):
+        assert f"vit_{arch}_224" in names and f"vit_{arch}_384" in names
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
+def test_parameter_count_equals_paper(name):
+    with no_init_parameters():  # shapes only: no memory for the weights of the big variants
+        net = ViT(variant_config(name))
+    assert count_params(net) == PAPER_PARAMS[name]
+
+
+def test_384_variant_has_larger_grid():
+    with no_init_parameters():
+        net = ViT(variant_config("vit_l_32_384"))
+    assert net.pos_embedding.shape == (1, 1 + 12 * 12, 1024)
+
+
+def test_unknown_variant_and_bad_override():
+    with pytest.raises(ValueError, match="unknown model 'vit_x_16_224'"):
+        create_model("vit_x_16_224")
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        create_model("vit_ti_16_224", image_size=30, patch_size=8)
+    with pytest.raises(TypeError, match="pool"):
+        create_model("vit_ti_16_224", pool="cls")
+
+
+def test_b16_layout_equals_reference():
+    rows = [line.rstrip("\n").split("\t") for line in open(shared_path("reference", "vit_b_16_224.ckpt-layout.tsv"))
+            if line.strip() and not line.startswith("#")]
+    expected = [(name, tuple(int(d) for d in shape.split("x"))) for name, shape in rows]
+    with no_init_parameters():
+        net = ViT(variant_config("vit_b_16_224"))
+    actual = [(p.name, tuple(p.shape)) for p in net.get_parameters()]
+    assert sorted(actual) == sorted(expected)
+    assert len(actual) == 152
+
+
+def test_forward_and_training_step(mode):
+    net = tiny(drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.1)
+    x, y = images(), ms.Tensor(np.array([1, 2, 3, 4], np.int32))
+    net.set_train(False)
+    assert net(x).shape == (4, 10)
+    step = nn.TrainOneStepCell(nn.WithLossCell(net, LabelSmoothingCrossEntropy(0.1)),
+                               nn.AdamWeightDecay(net.trainable_params(), learning_rate=1e-3))
+    step.set_train(True)
+    losses = [float(step(x, y).asnumpy()) for _ in range(4)]
+    assert losses[0] == pytest.approx(np.log(10), abs=1e-4)   # zero head: uniform prediction
+    assert losses[-1] < losses[0]
+
+
+def test_initialisation_as_paper():
+    net = create_model("vit_s_16_224")
+    pos = net.pos_embedding.asnumpy()
+    assert 0.018 < pos.std() < 0.022 and abs(pos.mean()) < 1e-3   # truncated normal, std 0.02 (as timm)
+    assert not net.dense.weight.asnumpy().any() and not net.dense.bias.asnumpy().any()
+    qkv = net.transformer.layers[0][0].cell[1].qkv.weight.asnumpy()          # Xavier-uniform
+    bound = np.sqrt(6 / (384 + 3 * 384))
+    assert np.abs(qkv).max() <= bound and np.abs(qkv).max() > 0.9 * bound
+    assert not net.transformer.layers[0][0].cell[1].qkv.bias.asnumpy().any()
+
+
+def test_pooling_modes_differ():
+    token, mean = tiny(global_pool="token"), tiny(global_pool="mean")
+    ms.load_param_into_net(mean, {p.name: p for p in token.get_parameters()})
+    token.dense.weight.set_data(ms.Tensor(np.random.default_rng(1).standard_normal((10, 192)).astype(np.float32)))
+    mean.dense.weight.set_data(token.dense.weight.value())
+    token.set_train(False), mean.set_train(False)
+    x = images()
+    feats = token.forward_features(x).asnumpy()
+    w = token.dense.weight.asnumpy()
+    np.testing.assert_allclose(token(x).asnumpy(), feats[:, 0] @ w.T, atol=1e-4)
+    np.testing.assert_allclose(mean(x).asnumpy(), feats[:, 1:].mean(1) @ w.T, atol=1e-4)
+
+
+def test_stochastic_depth_drops_paths_in_training_only():
+    net = tiny(drop_path_rate=0.9, depth=3)
+    net.dense.weight.set_data(ms.Tensor(np.random.default_rng(1).standard_normal((10, 192)).astype(np.float32)))
+    x = images()
+    net.set_train(True)
+    outs = [net(x).asnumpy() for _ in range(3)]
+    assert np.abs(outs[0] - outs[1]).max() > 1e-3 or np.abs(outs[1] - outs[2]).max() > 1e-3
+    net.set_train(False)
+    np.testing.assert_array_equal(net(x).asnumpy(), net(x).asnumpy())
+    plain = tiny(depth=3)
+    ms.load_param_into_net(plain, {p.name: p for p in net.get_parameters()})
+    plain.set_train(False)
+    np.testing.assert_allclose(net(x).asnumpy(), plain(x).asnumpy(), atol=1e-6)
+
+
+def test_drop_path_keeps_expectation():
+    from ms_vit import DropPath
+    drop = DropPath(0.25)
+    drop.set_train(True)
+    out = drop(ms.Tensor(np.ones((4000, 2, 3), np.float32))).asnumpy()
+    kept = out[:, 0, 0] > 0
+    assert set(np.unique(out)) <= {0.0, np.float32(1 / 0.75)}
+    assert 0.70 < kept.mean() < 0.80 and (out == out[:, :1, :1]).all()   # whole samples dropped
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_gelu_numerics_option(approximate):
+    from scipy.special import erf
+    from ms_vit.vit import gelu
+    x = np.linspace(-6, 6, 101, dtype=np.float32)
+    exact = 0.5 * x * (1 + erf(x / np.sqrt(2)))
+    got = gelu(ms.Tensor(x), approximate).asnumpy()
+    if approximate:
+        assert 1e-4 < np.abs(got - exact).max() < 1e-2
+    else:
+        np.testing.assert_allclose(got, exact, atol=2e-6)
+
+
+def test_amp_o2_keeps_layernorm_float32():
+    from ms_vit.vit import LayerNorm
+    net = tiny()
+    net.dense.weight.set_data(ms.Tensor(np.random.default_rng(1).standard_normal((10, 192)).astype(np.float32)))
+    net.set_train(False)
+    x = images()
+    ref = net(x).asnumpy()
+    amp = ms.amp.auto_mixed_precision(net, "O2")
+    kept = [c for _, c in amp.cells_and_names() if type(c).__name__ == "_OutputTo16"]
+    assert len(kept) == 2 * 2 + 1 and all(isinstance(c._backbone, LayerNorm) for c in kept)
+    out = amp(x).asnumpy()
+    assert np.isfinite(out).all()
+    assert 0 < np.abs(out - ref).max() < 0.05     # float16 matmuls, float32 norms and softmax
