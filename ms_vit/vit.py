@@ -150,13 +150,17 @@ class Attention(nn.Cell):
         self.attn_drop = nn.Dropout(p=attn_drop)
         self.out = nn.Dense(dim, dim)
         self.out_drop = nn.Dropout(p=proj_drop)
+        self.q_kt = ops.BatchMatMul(transpose_b=True)
 
     def construct(self, x):
         b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
-        qkv = qkv.transpose(2, 0, 3, 1, 4)                           # (3, B, H, N, d)
-        q, k, v = qkv[0], qkv[1], qkv[2]                             # (B, H, N, d)
-        attn = ops.matmul(q * self.scale, k.swapaxes(-2, -1))        # (B, H, N, N)
+        # Split, then reshape each of q, k, v: slicing a transposed (3, B, H, N, d) view instead makes the
+        # CPU matmuls take a strided path ~5x slower.
+        q, k, v = ops.split(self.qkv(x), c, axis=-1)                 # 3 x (B, N, D)
+        q = q.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)   # (B, H, N, d)
+        k = k.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = v.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        attn = self.q_kt(q * self.scale, k)                          # (B, H, N, N)
         # Softmax in float32 so that float16 compute (AMP O2) cannot overflow.
         attn = ops.softmax(attn.astype(ms.float32), axis=-1).astype(x.dtype)
         attn = self.attn_drop(attn)
@@ -265,25 +269,40 @@ class TransformerEncoder(nn.Cell):
 class PatchEmbedding(nn.Cell):
     """Split the image into P x P patches and project each to D: a Conv2d with kernel = stride = P.
 
+    On CPU the same product is computed as (patches) x (conv weight as a matrix): MindSpore's CPU Conv2d
+    runs a 16x16 stride-16 kernel at under 1 GFLOP/s, its MatMul near the machine's peak. Ascend and GPU keep
+    the convolution, which is fast there. Parameters and results are the same either way.
+
     Args:
         image_size: image side S.
         patch_size: patch side P.
         embed_dim: D.
         in_channels: C.
+        as_matmul: compute as a matrix product; default: on CPU only.
 
     Inputs: x (B, C, S, S). Outputs: (B, N, D), patches in row-major grid order.
     """
 
-    def __init__(self, image_size: int, patch_size: int, embed_dim: int, in_channels: int = 3):
+    def __init__(self, image_size: int, patch_size: int, embed_dim: int, in_channels: int = 3,
+                 as_matmul: Optional[bool] = None):
         super().__init__()
+        self.patch_size = patch_size
         self.grid_size = image_size // patch_size
         self.conv = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size,
                               has_bias=True, pad_mode="valid")
+        self.as_matmul = ms.get_context("device_target") == "CPU" if as_matmul is None else as_matmul
 
     def construct(self, x):
-        x = self.conv(x)                                             # (B, D, S/P, S/P)
-        b, d = x.shape[0], x.shape[1]
-        return x.reshape(b, d, -1).transpose(0, 2, 1)                # (B, N, D)
+        if not self.as_matmul:
+            x = self.conv(x)                                         # (B, D, S/P, S/P)
+            b, d = x.shape[0], x.shape[1]
+            return x.reshape(b, d, -1).transpose(0, 2, 1)            # (B, N, D)
+        b, c, g, p = x.shape[0], x.shape[1], self.grid_size, self.patch_size
+        x = x.reshape(b, c, g, p, g, p).transpose(0, 2, 4, 1, 3, 5)  # (B, S/P, S/P, C, P, P)
+        x = x.reshape(b * g * g, c * p * p)                          # (B*N, C*P*P)
+        weight = self.conv.weight.reshape(self.conv.weight.shape[0], -1)           # (D, C*P*P)
+        x = ops.matmul(x, weight.T.astype(x.dtype)) + self.conv.bias.astype(x.dtype)  # (B*N, D)
+        return x.reshape(b, g * g, -1)                               # (B, N, D)
 
 
 class ViT(nn.Cell):

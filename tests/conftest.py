@@ -22,3 +22,13 @@ def mode(request):
     ms.set_context(mode=ms.GRAPH_MODE if request.param == "graph" else ms.PYNATIVE_MODE)
     yield request.param
     ms.set_context(mode=ms.GRAPH_MODE)
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample(tmp_path_factory):
+    """The 20 real ImageNet photos of the foolbox wheel in wnid folders, with a devkit archive built from the
+    timm wheel's synset lists (dataset_tools.demo.build_imagenet_sample)."""
+    from dataset_tools.demo import build_imagenet_sample
+    root = str(tmp_path_factory.mktemp("data") / "imagenet_sample")
+    build_imagenet_sample(root)
+    return root

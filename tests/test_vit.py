@@ -152,4 +152,4 @@ def test_amp_o2_keeps_layernorm_float32():
     assert len(kept) == 2 * 2 + 1 and all(isinstance(c._backbone, LayerNorm) for c in kept)
     out = amp(x).asnumpy()
     assert np.isfinite(out).all()
-    assert 0 < np.abs(out - ref).max() < 0.05     # float16 matmuls, float32 norms and softmax
+    assert 0 < np.abs(out - ref).max() < 0.005 * np.abs(ref).max()    # float16 matmuls, float32 norms and softmax

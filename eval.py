@@ -1,0 +1,54 @@
+"""Evaluate a ViT checkpoint: top-1, top-5 and mean cross-entropy over every image of a split.
+
+    python eval.py --data_dir ROOT --ckpt_path CKPT [--split val] [--output metrics.json]
+
+Checkpoints written by train.py or ms_vit.convert carry their variant, image size, preprocessing and
+classes; the public vit_b_16_224.ckpt needs --model vit_b_16_224.
+"""
+import argparse
+import json
+import os
+import sys
+
+from ms_vit import cli, create_model, data, device
+from ms_vit.evaluate import evaluate
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", required=True, help="dataset root with <split>/<class>/<image>")
+    p.add_argument("--ckpt_path", required=True, help="checkpoint to evaluate")
+    p.add_argument("--split", default="val", help="folder under --data_dir (default: %(default)s)")
+    p.add_argument("--model", help="variant, for checkpoints that do not record it (e.g. vit_b_16_224)")
+    p.add_argument("--image_size", type=int, help="evaluate at another size (position embedding resampled)")
+    p.add_argument("--batch_size", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="(default: %(default)s)")
+    p.add_argument("--output", help="metrics JSON to write (default: eval_<split>.json beside the checkpoint)")
+    cli.add_device_args(p)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    device.setup(args.device_target, args.mode)
+    net = create_model(args.model, image_size=args.image_size, checkpoint_path=args.ckpt_path)
+    split_dir = os.path.join(args.data_dir, args.split)
+    classes = net.checkpoint_meta.get("classes") or data.list_classes(split_dir)
+    if len(classes) != net.config.num_classes:
+        raise ValueError(f"{split_dir} has {len(classes)} class folders, the model {net.config.num_classes} classes; "
+                         f"a checkpoint written by train.py records its classes")
+    data.scan_split(split_dir, classes)
+    dataset = data.create_dataset(split_dir, classes, net.config, args.batch_size, training=False,
+                                  num_workers=args.num_workers)
+    metrics = evaluate(net, dataset)
+    metrics.update(checkpoint=os.path.abspath(args.ckpt_path), split=args.split)
+    output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.ckpt_path)), f"eval_{args.split}.json")
+    with open(output, "w") as f:
+        json.dump(metrics, f, indent=1)
+    print(f"{args.split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  loss {metrics['loss']:.4f}  "
+          f"({metrics['num_images']} images)\nmetrics: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

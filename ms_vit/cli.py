@@ -1,0 +1,29 @@
+"""What the entry scripts share: device options and turning known errors into one clear line."""
+import argparse
+import logging
+import sys
+
+from .checkpoint import CheckpointError
+from .data import DatasetError
+
+USER_ERRORS = (CheckpointError, DatasetError, ValueError, FileNotFoundError)
+
+
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device_target", choices=["Ascend", "GPU", "CPU"],
+                        help="device to run on (default: Ascend, else GPU, else CPU, whichever is available)")
+    parser.add_argument("--mode", choices=["graph", "pynative"], default="graph",
+                        help="MindSpore execution mode; graph compiles once and runs fastest (default: %(default)s)")
+
+
+def run(main, argv=None) -> int:
+    """Call ``main(argv)``; known user errors become ``error: ...`` on stderr and exit status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return main(argv) or 0
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

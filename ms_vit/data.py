@@ -1,0 +1,156 @@
+"""ImageNet-style folder datasets: ``ROOT/{train,val,infer}/<class>/<image>``.
+
+Class index = sorted folder order (for ImageNet wnid folders: the standard order). Class names come from the
+devkit's ``data/meta.mat`` (``ROOT/ILSVRC2012_devkit_t12.tar.gz``) when present, else from the built-in
+ImageNet-1k table for wnid folders, else from the folder names.
+"""
+import io
+import os
+import tarfile
+from typing import Dict, List, Optional
+
+import numpy as np
+from PIL import Image
+
+import mindspore as ms
+import mindspore.dataset as ds
+from mindspore.dataset import vision
+
+from .vit import ViTConfig
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
+_BUILTIN_NAMES = os.path.join(os.path.dirname(__file__), "imagenet_classes.tsv")
+_INTERPOLATION = {"bicubic": vision.Inter.BICUBIC, "bilinear": vision.Inter.BILINEAR,
+                  "nearest": vision.Inter.NEAREST, "area": vision.Inter.AREA}
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be used; the message says which file or folder and why."""
+
+
+def list_classes(split_dir: str) -> List[str]:
+    """Sorted class folder names of a split; a missing or empty split is an error."""
+    if not os.path.isdir(split_dir):
+        raise DatasetError(f"split folder not found: {split_dir}")
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"no class folders in {split_dir} (expected {split_dir}/<class>/<image>)")
+    return classes
+
+
+def scan_split(split_dir: str, classes: Optional[List[str]] = None) -> int:
+    """Check a split: class folders known, images present and readable. Returns the image count.
+
+    Reads each image's header (not the pixels), so a broken or non-image file is reported by name before
+    training starts instead of failing deep inside the pipeline."""
+    found = list_classes(split_dir)
+    if classes is not None:
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise DatasetError(f"{split_dir} has class folders the model does not know: {', '.join(unknown[:5])}")
+    count = 0
+    for name in found:
+        for entry in os.scandir(os.path.join(split_dir, name)):
+            if not entry.is_file() or not entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            try:
+                with Image.open(entry.path) as image:
+                    image.verify()
+            except Exception as exc:
+                raise DatasetError(f"unreadable image {entry.path}: {exc}") from None
+            count += 1
+    if count == 0:
+        raise DatasetError(f"no images in {split_dir} (extensions {', '.join(IMAGE_EXTENSIONS)})")
+    return count
+
+
+def class_names(root: str, classes: List[str]) -> List[str]:
+    """Human-readable names for ``classes`` (folder names): devkit, built-in ImageNet table, or as is."""
+    table = {}
+    devkit = os.path.join(root, DEVKIT)
+    if os.path.isfile(devkit):
+        table = read_devkit_names(devkit)
+    elif all(c.startswith("n") and c[1:].isdigit() for c in classes):
+        table = builtin_imagenet_names()
+    return [table.get(c, c) for c in classes]
+
+
+def builtin_imagenet_names() -> Dict[str, str]:
+    with open(_BUILTIN_NAMES, encoding="utf-8") as f:
+        return dict(line.rstrip("\n").split("\t", 1) for line in f if line.strip() and not line.startswith("#"))
+
+
+def read_devkit_names(path: str) -> Dict[str, str]:
+    """wnid -> words of the 1000 leaf synsets in the devkit's ``data/meta.mat``."""
+    from scipy.io import loadmat
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith("data/meta.mat"))
+            synsets = loadmat(io.BytesIO(tar.extractfile(member).read()), squeeze_me=True)["synsets"]
+    except (OSError, tarfile.TarError, StopIteration, KeyError, ValueError) as exc:
+        raise DatasetError(f"cannot read class names from {path}: {exc or 'no data/meta.mat'}") from None
+    return {str(s["WNID"]): str(s["words"]) for s in synsets if int(s["num_children"]) == 0}
+
+
+def short_name(words: str) -> str:
+    """The first of a synset's words: 'tench, Tinca tinca' -> 'tench'."""
+    return words.split(",")[0].strip()
+
+
+def eval_transforms(config: ViTConfig):
+    """Decode, resize the short side to ``size / crop_pct`` (aspect kept), centre-crop, normalise, CHW."""
+    size = config.image_size
+    return [vision.Decode(),
+            vision.Resize(int(size / config.crop_pct), interpolation=_INTERPOLATION[config.interpolation]),
+            vision.CenterCrop(size)] + _to_tensor(config)
+
+
+def train_transforms(config: ViTConfig, min_crop_scale: float = 0.08, hflip: float = 0.5):
+    """Inception-style random resized crop (decoded and resized in one op), horizontal flip, normalise, CHW."""
+    ops = [vision.RandomCropDecodeResize(config.image_size, scale=(min_crop_scale, 1.0), ratio=(0.75, 1.333),
+                                         interpolation=_INTERPOLATION[config.interpolation])]
+    if hflip > 0:
+        ops.append(vision.RandomHorizontalFlip(prob=hflip))
+    return ops + _to_tensor(config)
+
+
+def _to_tensor(config):
+    return [vision.Normalize(mean=[m * 255 for m in config.mean], std=[s * 255 for s in config.std]),
+            vision.HWC2CHW()]
+
+
+def create_dataset(split_dir: str, classes: List[str], config: ViTConfig, batch_size: int, training: bool,
+                   num_workers: int = 2, num_shards: Optional[int] = None, shard_id: Optional[int] = None,
+                   min_crop_scale: float = 0.08, hflip: float = 0.5):
+    """A batched ``ImageFolderDataset`` of (image float32 (B, C, S, S), label int32 (B,)).
+
+    Training shuffles and drops the last partial batch; evaluation keeps every image in order."""
+    dataset = ds.ImageFolderDataset(split_dir, shuffle=training, extensions=list(_all_cases(IMAGE_EXTENSIONS)),
+                                    class_indexing={c: i for i, c in enumerate(classes)},
+                                    num_parallel_workers=num_workers, num_shards=num_shards, shard_id=shard_id)
+    transforms = train_transforms(config, min_crop_scale, hflip) if training else eval_transforms(config)
+    dataset = dataset.map(transforms, input_columns="image", num_parallel_workers=num_workers)
+    dataset = dataset.map(lambda x: x.astype(np.int32), input_columns="label")
+    return dataset.batch(batch_size, drop_remainder=training)
+
+
+def _all_cases(extensions):
+    for ext in extensions:
+        yield ext
+        yield ext.upper()
+
+
+def load_image(path: str, config: ViTConfig) -> ms.Tensor:
+    """One image file -> the evaluation transform's (1, C, S, S) tensor."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"image not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            data = np.frombuffer(f.read(), np.uint8)
+        image = data
+        for op in eval_transforms(config):
+            image = op(image)
+    except RuntimeError as exc:
+        raise DatasetError(f"cannot decode image {path}: {str(exc).splitlines()[0]}") from None
+    return ms.Tensor(image[None].astype(np.float32))

@@ -1,0 +1,94 @@
+"""ms_vit.data: class lists and names, pipelines, clear errors for bad folders."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from ms_vit import variant_config
+from ms_vit import data
+from ms_vit.data import DatasetError
+
+CONFIG = variant_config("vit_ti_16_224", image_size=32, patch_size=8)
+
+
+def test_classes_sorted_and_named_from_devkit(imagenet_sample):
+    classes = data.list_classes(os.path.join(imagenet_sample, "train"))
+    assert classes == sorted(classes) and len(classes) == 19 and all(c.startswith("n") for c in classes)
+    names = data.class_names(imagenet_sample, classes)
+    assert "goose" in names and "spoonbill" in names
+    assert names[classes.index("n02108422")] == "bull mastiff"
+
+
+def test_names_builtin_for_wnid_folders_without_devkit(imagenet_sample, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(os.path.join(imagenet_sample, "val"), root / "val")
+    classes = data.list_classes(str(root / "val"))
+    names = data.class_names(str(root), classes)
+    assert names[classes.index("n02108422")] == "bull mastiff"
+    assert data.class_names(str(root), ["cats", "dogs"]) == ["cats", "dogs"]
+
+
+def test_builtin_table_is_imagenet_order():
+    table = data.builtin_imagenet_names()
+    wnids = list(table)
+    assert len(wnids) == 1000 and wnids == sorted(wnids)
+    assert table[wnids[0]].startswith("tench") and data.short_name(table[wnids[0]]) == "tench"
+
+
+def test_eval_pipeline_keeps_every_image_and_aspect(imagenet_sample):
+    split = os.path.join(imagenet_sample, "val")
+    classes = data.list_classes(split)
+    dataset = data.create_dataset(split, classes, CONFIG, batch_size=8, training=False, num_workers=1)
+    batches = list(dataset.create_tuple_iterator(output_numpy=True))
+    assert [len(labels) for _, labels in batches] == [8, 8, 4]          # no image dropped
+    images = np.concatenate([b[0] for b in batches])
+    assert images.shape == (20, 3, 32, 32) and images.dtype == np.float32
+    assert -2.2 < images.min() < 0 < images.max() < 2.7                  # ImageNet-normalised
+    labels = np.concatenate([b[1] for b in batches])
+    files = sorted((c, f) for c in classes for f in os.listdir(os.path.join(split, c)))
+    assert sorted(labels.tolist()) == sorted(classes.index(c) for c, _ in files)
+
+
+def test_train_pipeline_random_and_drops_partial_batch(imagenet_sample):
+    split = os.path.join(imagenet_sample, "train")
+    dataset = data.create_dataset(split, data.list_classes(split), CONFIG, batch_size=8, training=True, num_workers=1)
+    assert dataset.get_dataset_size() == 2
+    first = [b[0] for b in dataset.create_tuple_iterator(output_numpy=True)]
+    assert all(b.shape == (8, 3, 32, 32) for b in first)
+
+
+def test_load_image_matches_eval_pipeline(imagenet_sample):
+    split = os.path.join(imagenet_sample, "val")
+    cls = data.list_classes(split)[0]
+    path = os.path.join(split, cls, os.listdir(os.path.join(split, cls))[0])
+    single = data.load_image(path, CONFIG).asnumpy()
+    dataset = data.create_dataset(split, [cls], CONFIG, batch_size=1, training=False, num_workers=1)
+    from_pipeline = next(dataset.create_tuple_iterator(output_numpy=True))[0]
+    np.testing.assert_allclose(single, from_pipeline, atol=1e-6)
+
+
+def test_missing_and_empty_splits(tmp_path):
+    with pytest.raises(DatasetError, match="split folder not found"):
+        data.list_classes(str(tmp_path / "val"))
+    (tmp_path / "val").mkdir()
+    with pytest.raises(DatasetError, match="no class folders"):
+        data.scan_split(str(tmp_path / "val"))
+    (tmp_path / "val" / "cat").mkdir()
+    with pytest.raises(DatasetError, match="no images"):
+        data.scan_split(str(tmp_path / "val"))
+
+
+def test_unreadable_image_is_named(imagenet_sample, tmp_path):
+    split = tmp_path / "train"
+    shutil.copytree(os.path.join(imagenet_sample, "train"), split)
+    bad = split / data.list_classes(str(split))[3] / "broken.jpg"
+    bad.write_bytes(b"this is not a JPEG")
+    with pytest.raises(DatasetError, match=f"unreadable image {bad}"):
+        data.scan_split(str(split))
+
+
+def test_unknown_class_folder_in_val(imagenet_sample):
+    split = os.path.join(imagenet_sample, "val")
+    with pytest.raises(DatasetError, match="class folders the model does not know"):
+        data.scan_split(split, data.list_classes(split)[1:])

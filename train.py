@@ -1,0 +1,176 @@
+"""Train a Vision Transformer on an ImageNet-style folder dataset (ROOT/train/<class>/*, ROOT/val/<class>/*).
+
+    python train.py --data_dir ROOT --model vit_b_16_224 [--pretrained CKPT | --resume CKPT] ...
+
+Each epoch is followed by top-1/top-5 on ROOT/val; the best checkpoint (by top-1) is kept as best.ckpt,
+the last epochs as vit-<epoch>_<step>.ckpt (with optimizer state, for --resume; a resumed run
+in the same folder writes vit_1-<epoch>_<step>.ckpt, as MindSpore's ModelCheckpoint numbers runs).
+"""
+import argparse
+import json
+import os
+import sys
+
+from ms_vit import device
+import mindspore as ms
+from mindspore import nn
+from mindspore.train import Model, LossMonitor, TimeMonitor, ModelCheckpoint, CheckpointConfig, Callback
+
+from ms_vit import checkpoint, cli, create_model, data
+from ms_vit.evaluate import evaluate
+from ms_vit.loss import LabelSmoothingCrossEntropy
+from ms_vit.lr import cosine_lr
+from ms_vit.optim import AdamW
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data_dir", required=True, help="dataset root with train/ and val/ class folders")
+    g.add_argument("--num_classes", type=int, help="head size (default: the number of class folders in train/)")
+    g.add_argument("--batch_size", type=int, default=64, help="per device (default: %(default)s)")
+    g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="parallel data workers (default: %(default)s)")
+    g.add_argument("--min_crop_scale", type=float, default=0.08,
+                   help="smallest area fraction of the random resized crop (default: %(default)s)")
+    g.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability (default: %(default)s)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="variant, e.g. vit_b_16_224, vit_ti_16_224 (default: vit_b_16_224, or the "
+                   "variant recorded in --pretrained/--resume)")
+    g.add_argument("--image_size", type=int, help="input side (default: the variant's)")
+    g.add_argument("--patch_size", type=int, help="patch side (default: the variant's)")
+    for name in ("embed_dim", "depth", "num_heads", "mlp_dim"):
+        g.add_argument(f"--{name}", type=int, help=f"override the variant's {name} (small models for CPU)")
+    g.add_argument("--drop_rate", type=float, default=0.0, help="dropout (default: %(default)s)")
+    g.add_argument("--drop_path_rate", type=float, default=0.1, help="stochastic depth (default: %(default)s)")
+    g.add_argument("--pretrained", help="checkpoint to fine-tune from (head replaced if the class count differs)")
+    g.add_argument("--resume", help="checkpoint written by train.py to continue (weights, optimizer, epoch)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epoch_size", type=int, default=10, help="epochs (default: %(default)s)")
+    g.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw",
+                   help="adamw: decoupled weight decay with bias correction, as timm; adam: L2 weight decay "
+                        "(default: %(default)s)")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    g.add_argument("--min_lr", type=float, default=1e-6, help="final learning rate (default: %(default)s)")
+    g.add_argument("--warmup_epochs", type=float, default=1.0, help="linear warm-up (default: %(default)s)")
+    g.add_argument("--weight_decay", type=float, default=0.05,
+                   help="on weights only: not on norms, biases, class token, position embedding "
+                        "(default: %(default)s)")
+    g.add_argument("--label_smoothing", type=float, default=0.1, help="(default: %(default)s)")
+    g = p.add_argument_group("run")
+    g.add_argument("--ckpt_save_dir", default="outputs/train", help="(default: %(default)s)")
+    g.add_argument("--keep_checkpoint_max", type=int, default=2, help="epoch checkpoints kept (default: %(default)s)")
+    cli.add_device_args(p)
+    g.add_argument("--amp_level", choices=list(device.AMP_LEVELS),
+                   help="mixed precision (default: O2 with loss scaling on Ascend, O0 on CPU and GPU)")
+    g.add_argument("--distribute", action="store_true", help="data-parallel over the devices launched by msrun")
+    g.add_argument("--seed", type=int, default=42, help="(default: %(default)s)")
+    return p
+
+
+def param_groups(net, weight_decay):
+    """Weight decay on Dense/Conv weights only; none on LayerNorm, biases, class token, position embedding."""
+    decay = [p for p in net.trainable_params() if p.name.endswith(".weight")]
+    rest = [p for p in net.trainable_params() if not p.name.endswith(".weight")]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+class EvaluateAndKeepBest(Callback):
+    """After each epoch: top-1/top-5 on the validation set; the best epoch saved as ``best.ckpt``."""
+
+    def __init__(self, net, val_dataset, save_dir, meta, best_top1=-1.0):
+        super().__init__()
+        self.net, self.val_dataset, self.save_dir, self.meta = net, val_dataset, save_dir, meta
+        self.best_top1 = best_top1
+        self.history = []
+
+    def on_train_epoch_end(self, run_context):
+        epoch = run_context.original_args().cur_epoch_num
+        metrics = evaluate(self.net, self.val_dataset)
+        self.net.set_train(True)
+        self.history.append(dict(metrics, epoch=epoch))
+        improved = metrics["top1"] > self.best_top1
+        print(f"epoch {epoch}: val top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f} loss {metrics['loss']:.4f} "
+              f"({metrics['num_images']} images){'  best so far' if improved else ''}", flush=True)
+        if improved:
+            self.best_top1 = metrics["top1"]
+            checkpoint.save(self.net, os.path.join(self.save_dir, "best.ckpt"),
+                            meta=dict(self.meta, epoch=epoch, metrics=metrics))
+        with open(os.path.join(self.save_dir, "val_history.json"), "w") as f:
+            json.dump(self.history, f, indent=1)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.pretrained and args.resume:
+        raise ValueError("give --pretrained or --resume, not both")
+    target, amp_level, rank, group_size = device.setup(args.device_target, args.mode, args.amp_level, args.seed,
+                                                       args.distribute)
+    train_dir, val_dir = os.path.join(args.data_dir, "train"), os.path.join(args.data_dir, "val")
+    classes = data.list_classes(train_dir)
+    num_train = data.scan_split(train_dir)
+    num_val = data.scan_split(val_dir, classes)
+    num_classes = args.num_classes or len(classes)
+    if num_classes < len(classes):
+        raise ValueError(f"--num_classes {num_classes} is fewer than the {len(classes)} class folders in {train_dir}")
+
+    overrides = {k: getattr(args, k) for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_dim")}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    start_epoch, resume_params = 0, {}
+    if args.resume:
+        resume_params, resume_meta = checkpoint.read(args.resume)
+        net = create_model(args.model, num_classes=num_classes, image_size=args.image_size,
+                           checkpoint_path=args.resume, drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate)
+        start_epoch = int(resume_params["epoch_num"]) if "epoch_num" in resume_params else resume_meta.get("epoch", 0)
+    else:
+        net = create_model(args.model or (None if args.pretrained else "vit_b_16_224"), num_classes=num_classes,
+                           image_size=args.image_size, checkpoint_path=args.pretrained, drop_rate=args.drop_rate,
+                           drop_path_rate=args.drop_path_rate, **overrides)
+    config = net.config
+    names = data.class_names(args.data_dir, classes)
+    shard = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
+    train_ds = data.create_dataset(train_dir, classes, config, args.batch_size, training=True,
+                                   num_workers=args.num_workers, min_crop_scale=args.min_crop_scale,
+                                   hflip=args.hflip, **shard)
+    val_ds = data.create_dataset(val_dir, classes, config, args.batch_size, training=False,
+                                 num_workers=args.num_workers)
+    steps = train_ds.get_dataset_size()
+    if steps == 0:
+        raise ValueError(f"{num_train} training images make no full batch of {args.batch_size}: lower --batch_size")
+    if start_epoch >= args.epoch_size:
+        raise ValueError(f"{args.resume} already finished epoch {start_epoch} of --epoch_size {args.epoch_size}")
+
+    lrs = cosine_lr(args.lr, steps, args.epoch_size, args.warmup_epochs, args.min_lr)
+    groups = param_groups(net, args.weight_decay)
+    lr = ms.Tensor(lrs)
+    optimizer = AdamW(groups, learning_rate=lr) if args.optimizer == "adamw" else nn.Adam(groups, learning_rate=lr)
+    if resume_params:
+        # moments, step count, bias-correction powers; the schedule itself is rebuilt for --epoch_size
+        state = {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in resume_params.items()
+                 if k in {p.name for p in optimizer.get_parameters()} and k != "learning_rate"}
+        ms.load_param_into_net(optimizer, state)
+    loss_fn = LabelSmoothingCrossEntropy(args.label_smoothing)
+    model = Model(net, loss_fn=loss_fn, optimizer=optimizer, amp_level=amp_level,
+                  loss_scale_manager=device.loss_scale_manager(amp_level))
+
+    os.makedirs(args.ckpt_save_dir, exist_ok=True)
+    meta = {"config": config.to_dict(), "classes": classes, "class_names": names}
+    saved_every_epoch = CheckpointConfig(save_checkpoint_steps=steps, keep_checkpoint_max=args.keep_checkpoint_max,
+                                         append_info=["epoch_num", "step_num", {checkpoint.META_KEY: json.dumps(meta)}])
+    keep_best = EvaluateAndKeepBest(net, val_ds, args.ckpt_save_dir, meta)
+    callbacks = [LossMonitor(per_print_times=max(1, steps // 4)), TimeMonitor(data_size=steps), keep_best]
+    if rank == 0:
+        callbacks.insert(2, ModelCheckpoint(prefix="vit", directory=args.ckpt_save_dir, config=saved_every_epoch))
+    print(f"training {checkpoint.describe(config)} ({sum(p.size for p in net.trainable_params()):,} parameters) "
+          f"on {target}, AMP {amp_level}, {args.mode} mode: {num_train} train / {num_val} val images, "
+          f"{steps} steps of {args.batch_size} per epoch, epochs {start_epoch + 1}..{args.epoch_size}", flush=True)
+    model.train(args.epoch_size, train_ds, callbacks=callbacks, dataset_sink_mode=target != "CPU",
+                initial_epoch=start_epoch)
+    best = keep_best.history and max(keep_best.history, key=lambda m: m["top1"])
+    print(f"best val top-1 {best['top1']:.4f} top-5 {best['top5']:.4f} (epoch {best['epoch']}): "
+          f"{os.path.join(args.ckpt_save_dir, 'best.ckpt')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
