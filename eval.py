@@ -33,10 +33,8 @@ def main(argv=None):
     device.setup(args.device_target, args.mode)
     net = create_model(args.model, image_size=args.image_size, checkpoint_path=args.ckpt_path)
     split_dir = os.path.join(args.data_dir, args.split)
-    classes = net.checkpoint_meta.get("classes") or data.list_classes(split_dir)
-    if len(classes) != net.config.num_classes:
-        raise ValueError(f"{split_dir} has {len(classes)} class folders, the model {net.config.num_classes} classes; "
-                         f"a checkpoint written by train.py records its classes")
+    classes = (net.checkpoint_meta.get("classes")
+               or data.resolve_classes(data.list_classes(split_dir), net.config.num_classes, split_dir))
     data.scan_split(split_dir, classes)
     dataset = data.create_dataset(split_dir, classes, net.config, args.batch_size, training=False,
                                   num_workers=args.num_workers)

@@ -111,8 +111,7 @@ def main(argv=None):
     num_train = data.scan_split(train_dir)
     num_val = data.scan_split(val_dir, classes)
     num_classes = args.num_classes or len(classes)
-    if num_classes < len(classes):
-        raise ValueError(f"--num_classes {num_classes} is fewer than the {len(classes)} class folders in {train_dir}")
+    classes = data.resolve_classes(classes, num_classes, train_dir)    # ImageNet wnids keep their standard index
 
     overrides = {k: getattr(args, k) for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_dim")}
     overrides = {k: v for k, v in overrides.items() if v is not None}

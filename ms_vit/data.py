@@ -65,6 +65,20 @@ def scan_split(split_dir: str, classes: Optional[List[str]] = None) -> int:
     return count
 
 
+def resolve_classes(folders: List[str], num_classes: int, where: str) -> List[str]:
+    """The class list a model with ``num_classes`` outputs uses for these folders (index = position).
+
+    Folders of a 1000-class ImageNet model that are ImageNet wnids (a subset, as the tutorial's dataset) get the
+    standard sorted-wnid indices; otherwise the folders, sorted, must be the model's classes."""
+    if num_classes == 1000 and len(folders) < 1000:
+        wnids = list(builtin_imagenet_names())
+        if set(folders) <= set(wnids):
+            return wnids
+    if len(folders) != num_classes:
+        raise DatasetError(f"{where} has {len(folders)} class folders, the model {num_classes} classes")
+    return folders
+
+
 def class_names(root: str, classes: List[str]) -> List[str]:
     """Human-readable names for ``classes`` (folder names): devkit, built-in ImageNet table, or as is."""
     table = {}

@@ -12,7 +12,7 @@ def render_label(image_path: str, text: str, out_path: str) -> None:
     if min(image.size) < 224:
         factor = 224 / min(image.size)
         image = image.resize((round(image.width * factor), round(image.height * factor)), Image.NEAREST)
-    size = max(12, image.height // 16)
+    size = max(14, image.height // 12)
     font = ImageFont.load_default(size=size)
     draw = ImageDraw.Draw(image)
     while size > 8 and draw.textlength(text, font=font) > image.width - 2 * (size // 3):

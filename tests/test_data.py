@@ -92,3 +92,12 @@ def test_unknown_class_folder_in_val(imagenet_sample):
     split = os.path.join(imagenet_sample, "val")
     with pytest.raises(DatasetError, match="class folders the model does not know"):
         data.scan_split(split, data.list_classes(split)[1:])
+
+
+def test_imagenet_subset_keeps_standard_indices(imagenet_sample):
+    folders = data.list_classes(os.path.join(imagenet_sample, "val"))
+    classes = data.resolve_classes(folders, 1000, "val")
+    assert len(classes) == 1000 and classes.index("n02108422") == 243     # bull mastiff, as foolbox labels it
+    assert data.resolve_classes(["a", "b"], 2, "x") == ["a", "b"]
+    with pytest.raises(DatasetError, match="has 2 class folders, the model 3 classes"):
+        data.resolve_classes(["a", "b"], 3, "x")

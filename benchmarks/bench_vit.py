@@ -1,0 +1,195 @@
+"""ms_vit vs timm (PyTorch, eager) on this machine's CPU: throughput, peak memory, time to first step.
+
+    python benchmarks/bench_vit.py                 # everything (about 10 minutes on 2 cores)
+    python benchmarks/bench_vit.py --models ti16 --cases infer8 train
+
+Every case runs in a fresh process of its own, so that peak memory (max RSS) and the first step's time
+(graph compilation) belong to that case alone. timm runs in the same invocation when torch and timm import
+(`pip install torch==2.13.0` takes the local CPU wheel; `pip install --no-deps timm==1.0.31`).
+Figures are images per second (higher is better) and the ms_vit / timm ratio (>1: ms_vit faster).
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MODELS = {"b16": ("vit_b_16_224", "vit_base_patch16_224"), "ti16": ("vit_ti_16_224", "vit_tiny_patch16_224")}
+TRAIN_BATCH = {"b16": 8, "ti16": 32}
+CASES = ("infer1", "infer8", "train")
+
+
+def batch_of(model, case):
+    return {"infer1": 1, "infer8": 8}.get(case, TRAIN_BATCH[model])
+
+
+def timed(step, warmup, repeats):
+    """(seconds of the first call, median seconds of ``repeats`` calls after ``warmup`` more)."""
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def run_mindspore(model, case, batch, repeats):
+    sys.path.insert(0, ROOT)
+    import numpy as np
+    import mindspore as ms
+    from mindspore import nn
+    from ms_vit import create_model
+    from ms_vit.loss import LabelSmoothingCrossEntropy
+    from ms_vit.optim import AdamW
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = create_model(MODELS[model][0])
+    rng = np.random.default_rng(0)
+    images = ms.Tensor(rng.standard_normal((batch, 3, 224, 224)).astype(np.float32))
+    if case == "train":
+        labels = ms.Tensor(rng.integers(0, 1000, batch).astype(np.int32))
+        step_cell = nn.TrainOneStepCell(nn.WithLossCell(net, LabelSmoothingCrossEntropy(0.1)),
+                                        AdamW(net.trainable_params(), learning_rate=1e-4, weight_decay=0.05))
+        step_cell.set_train(True)
+
+        def step():
+            step_cell(images, labels).asnumpy()
+    else:
+        net.set_train(False)
+
+        def step():
+            net(images).asnumpy()
+    return timed(step, warmup=1 if case == "train" else 2, repeats=repeats)
+
+
+def run_timm(model, case, batch, repeats):
+    sys.path.insert(0, HERE)
+    import _torchvision_stub
+    _torchvision_stub.install()
+    import torch
+    import timm
+    net = timm.create_model(MODELS[model][1], num_classes=1000)
+    images = torch.randn(batch, 3, 224, 224)
+    if case == "train":
+        labels = torch.randint(0, 1000, (batch,))
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.05)
+        net.train()
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(net(images), labels).backward()
+            optimizer.step()
+    else:
+        net.eval()
+
+        def step():
+            with torch.inference_mode():
+                net(images)
+    return timed(step, warmup=1 if case == "train" else 2, repeats=repeats)
+
+
+def worker(args):
+    run = run_mindspore if args.worker == "ms_vit" else run_timm
+    batch = batch_of(args.model, args.case)
+    first, median = run(args.model, args.case, batch, args.repeats)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"first_s": first, "step_s": median, "img_s": batch / median, "peak_mb": peak_mb}))
+
+
+def measure(framework, model, case, repeats):
+    command = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--model", model, "--case", case,
+               "--repeats", str(repeats)]
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, GLOG_v="3"))
+    if result.returncode != 0:
+        return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def timm_available():
+    probe = ("import sys; sys.path.insert(0, %r); import _torchvision_stub; _torchvision_stub.install(); "
+             "import torch, timm" % HERE)
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+def pipeline_throughput(seconds=20.0, workers=2):
+    """Images/s of the training pipeline (decode + random resized crop to 224 + flip + normalise) on real
+    JPEGs: the 20 ImageNet photos of the foolbox wheel, repeated."""
+    sys.path.insert(0, ROOT)
+    import tempfile
+    from dataset_tools.demo import build_imagenet_sample
+    from ms_vit import data, variant_config
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(tmp, "sample")
+        build_imagenet_sample(root)
+        split = os.path.join(root, "train")
+        for wnid in os.listdir(split):                   # 20 photos x 16 = 320 files
+            for name in os.listdir(os.path.join(split, wnid)):
+                for copy in range(1, 16):
+                    os.link(os.path.join(split, wnid, name), os.path.join(split, wnid, f"{copy}_{name}"))
+        classes = data.list_classes(split)
+        dataset = data.create_dataset(split, classes, variant_config("vit_b_16_224"), batch_size=8, training=True,
+                                      num_workers=workers)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for images, _ in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
+                count += len(images)
+        return count / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per case (median reported)")
+    parser.add_argument("--no_timm", action="store_true", help="ms_vit only")
+    parser.add_argument("--no_pipeline", action="store_true", help="skip the data pipeline measurement")
+    parser.add_argument("--worker", choices=["ms_vit", "timm"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    with_timm = not args.no_timm and timm_available()
+    if not with_timm:
+        print("timm/torch not importable: ms_vit figures only (pip install torch==2.13.0; "
+              "pip install --no-deps timm==1.0.31)")
+    print(f"{'case':<22}{'ms_vit img/s':>13}{'timm img/s':>12}{'ratio':>7}{'ms_vit MB':>11}{'timm MB':>9}"
+          f"{'ms_vit 1st s':>13}{'timm 1st s':>11}")
+    rows = []
+    for model in args.models:
+        for case in args.cases:
+            ours = measure("ms_vit", model, case, args.repeats)
+            theirs = measure("timm", model, case, args.repeats) if with_timm else {}
+            rows.append(dict(model=model, case=case, batch=batch_of(model, case), ms_vit=ours, timm=theirs))
+            label = f"{model} {case.replace('infer', 'infer b').replace('train', 'train b')}"
+            if case == "train":
+                label += str(batch_of(model, case))
+            if "error" in ours or "error" in theirs:
+                print(f"{label:<22} error: {ours.get('error') or theirs.get('error')}")
+                continue
+            ratio = f"{ours['img_s'] / theirs['img_s']:.2f}" if theirs else "-"
+            print(f"{label:<22}{ours['img_s']:>13.2f}{theirs.get('img_s', float('nan')):>12.2f}{ratio:>7}"
+                  f"{ours['peak_mb']:>11.0f}{theirs.get('peak_mb', float('nan')):>9.0f}"
+                  f"{ours['first_s']:>13.1f}{theirs.get('first_s', float('nan')):>11.1f}", flush=True)
+    if not args.no_pipeline:
+        rate = pipeline_throughput()
+        train = next((r for r in rows if r["model"] == "b16" and r["case"] == "train" and "img_s" in r["ms_vit"]), None)
+        need = f"; B/16 training consumes {train['ms_vit']['img_s']:.2f} img/s" if train else ""
+        print(f"data pipeline (train transforms, 224 px, real JPEGs, 2 workers): {rate:.1f} img/s{need}")
+    with open(os.path.join(HERE, "last_run.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
