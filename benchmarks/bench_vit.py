@@ -52,6 +52,9 @@ def run_mindspore(model, case, batch, repeats):
     from ms_vit.loss import LabelSmoothingCrossEntropy
     from ms_vit.optim import AdamW
     ms.set_context(mode=ms.GRAPH_MODE)
+    if os.environ.get("BENCH_MEM"):
+        init, grow, level = os.environ["BENCH_MEM"].split(",")
+        ms.runtime.set_memory(init_size=init, increase_size=grow, optimize_level=level)
     net = create_model(MODELS[model][0])
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.standard_normal((batch, 3, 224, 224)).astype(np.float32))
