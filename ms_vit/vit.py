@@ -139,7 +139,8 @@ class LayerNorm(nn.LayerNorm):
 
     def construct(self, x):
         if self.fused:
-            return self.kernel(x.astype(ms.float32), self.gamma, self.beta, self.eps).astype(x.dtype)
+            return self.kernel(x.astype(ms.float32), self.gamma.astype(ms.float32), self.beta.astype(ms.float32),
+                               self.eps).astype(x.dtype)
         return super().construct(x)
 
 

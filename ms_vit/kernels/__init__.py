@@ -20,7 +20,9 @@ import tempfile
 from mindspore import ops
 
 logger = logging.getLogger("ms_vit")
-_SOURCES = [os.path.join(os.path.dirname(os.path.abspath(__file__)), name) for name in ("gelu.cc", "layer_norm.cc")]
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SOURCES = [os.path.join(_HERE, name) for name in ("gelu.cc", "layer_norm.cc")]
+_HEADERS = [os.path.join(_HERE, "common.h")]
 _FLAGS = ["-std=c++17", "-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-pthread", "-shared", "-fPIC"]
 _compiled = {}
 
@@ -50,7 +52,7 @@ def compiled_library():
     if compiler is None:
         logger.info("ms_vit: no C++ compiler found; GELU and LayerNorm run on MindSpore's (slower) CPU operators")
         return None
-    source = b"".join(open(path, "rb").read() for path in _SOURCES)
+    source = b"".join(open(path, "rb").read() for path in _SOURCES + _HEADERS)
     key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
     target = os.path.join(_cache_dir(), f"ms_vit_kernels-{key}.so")
     if not os.path.isfile(target):

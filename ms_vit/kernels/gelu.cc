@@ -1,17 +1,15 @@
 // Exact (erf) GELU and its gradient for MindSpore CPU, as AOT custom-op kernels (ms_vit.kernels).
 //
 // erf(z) follows Abramowitz & Stegun 7.1.26 (max abs error 1.5e-7), as PyTorch's vectorised CPU erf does;
-// the loops vectorise (expf from glibc's libmvec under -ffast-math) and large tensors are split over
-// std::threads. (Not OpenMP: MindSpore's libgomp is initialised with spinning waits, and idle OpenMP workers
-// spinning after each call slowed the next MindSpore kernels by up to 2x on a 2-core machine.)
+// the loops vectorise (expf from glibc's libmvec under -ffast-math) and large tensors are split over threads.
 // Signature: MindSpore's AOT interface, int f(int nparam, void **params, int *ndims, int64_t **shapes,
 // const char **dtypes, void *stream, void *extra); inputs then outputs in params, float32 only.
-#include <algorithm>
 #include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <thread>
-#include <vector>
+
+#include "common.h"
+
+using ms_vit::all_float32;
+using ms_vit::element_count;
 
 namespace {
 constexpr float kInvSqrt2 = 0.70710678118654752f;
@@ -26,37 +24,6 @@ inline float erf_as(float z) {
   return std::copysign(r, z);
 }
 
-int64_t element_count(int ndim, const int64_t *shape) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim; ++i) n *= shape[i];
-  return n;
-}
-
-// Runs body(begin, end) over [0, n) on up to hardware_concurrency threads (inline for small n).
-template <typename Body>
-void parallel_for(int64_t n, Body body) {
-  const int64_t min_chunk = 1 << 16;
-  const int64_t workers = std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()),
-                                            std::max<int64_t>(1, n / min_chunk));
-  if (workers <= 1) {
-    body(0, n);
-    return;
-  }
-  const int64_t chunk = ((n + workers - 1) / workers + 15) / 16 * 16;
-  std::vector<std::thread> threads;
-  for (int64_t w = 1; w < workers; ++w) {
-    const int64_t begin = std::min(n, w * chunk), end = std::min(n, begin + chunk);
-    threads.emplace_back(body, begin, end);
-  }
-  body(0, std::min(n, chunk));
-  for (auto &t : threads) t.join();
-}
-
-bool all_float32(int nparam, const char **dtypes) {
-  for (int i = 0; i < nparam; ++i)
-    if (std::strcmp(dtypes[i], "float32") != 0) return false;
-  return true;
-}
 }  // namespace
 
 // y = 0.5 x (1 + erf(x / sqrt 2)).  params: x, y.
@@ -66,7 +33,7 @@ extern "C" int GeluErf(int nparam, void **params, int *ndims, int64_t **shapes, 
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
   const int64_t n = element_count(ndims[0], shapes[0]);
-  parallel_for(n, [=](int64_t begin, int64_t end) {
+  ms_vit::parallel_for(n, 1 << 16, [=](int, int64_t begin, int64_t end) {
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) y[i] = 0.5f * x[i] * (1.0f + erf_as(x[i] * kInvSqrt2));
   });
@@ -81,7 +48,7 @@ extern "C" int GeluErfGrad(int nparam, void **params, int *ndims, int64_t **shap
   const float *dy = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[2]);
   const int64_t n = element_count(ndims[0], shapes[0]);
-  parallel_for(n, [=](int64_t begin, int64_t end) {
+  ms_vit::parallel_for(n, 1 << 16, [=](int, int64_t begin, int64_t end) {
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
       const float cdf = 0.5f * (1.0f + erf_as(x[i] * kInvSqrt2));

@@ -4,12 +4,12 @@
 // its LayerNorm 4 ms. Rows are independent: each thread normalises a block of rows in float32 with
 // vectorised inner loops; the gradient recomputes mean and 1/std from x (one extra pass over the row,
 // cheaper than storing them) and sums dgamma/dbeta per thread, then adds the threads' sums.
-#include <algorithm>
 #include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <thread>
 #include <vector>
+
+#include "common.h"
+
+using ms_vit::all_float32;
 
 namespace {
 int64_t rows_of(int ndim, const int64_t *shape) {
@@ -18,26 +18,8 @@ int64_t rows_of(int ndim, const int64_t *shape) {
   return n;
 }
 
-bool all_float32(int nparam, const char **dtypes) {
-  for (int i = 0; i < nparam; ++i)
-    if (std::strcmp(dtypes[i], "float32") != 0) return false;
-  return true;
-}
-
-// Runs body(worker, begin_row, end_row) over [0, rows) on up to hardware_concurrency threads.
-template <typename Body>
-int64_t parallel_rows(int64_t rows, int64_t cols, Body body) {
-  const int64_t min_rows = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(cols, 1));
-  const int64_t workers = std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()),
-                                            std::max<int64_t>(1, rows / min_rows));
-  const int64_t chunk = (rows + workers - 1) / workers;
-  std::vector<std::thread> threads;
-  for (int64_t w = 1; w < workers; ++w)
-    threads.emplace_back(body, w, std::min(rows, w * chunk), std::min(rows, (w + 1) * chunk));
-  body(0, 0, std::min(rows, chunk));
-  for (auto &t : threads) t.join();
-  return workers;
-}
+// Rows per thread block: about 32 K floats.
+inline int64_t min_rows(int64_t cols) { return std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(cols, 1)); }
 
 inline void row_stats(const float *x, int64_t cols, float eps, float *mean, float *rstd) {
   float sum = 0.f;
@@ -62,7 +44,7 @@ extern "C" int LayerNormLastAxis(int nparam, void **params, int *ndims, int64_t 
   const float eps = *static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
-  parallel_rows(rows, cols, [=](int64_t, int64_t begin, int64_t end) {
+  ms_vit::parallel_for(rows, min_rows(cols), [=](int, int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float *xr = x + r * cols;
       float *yr = y + r * cols;
@@ -87,9 +69,8 @@ extern "C" int LayerNormLastAxisGrad(int nparam, void **params, int *ndims, int6
   float *dgamma = static_cast<float *>(params[5]);
   float *dbeta = static_cast<float *>(params[6]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
-  const int64_t max_workers = std::max(1u, std::thread::hardware_concurrency());
-  std::vector<float> partial(static_cast<size_t>(max_workers * 2 * cols), 0.f);   // per worker: dgamma, dbeta
-  const int64_t workers = parallel_rows(rows, cols, [&](int64_t w, int64_t begin, int64_t end) {
+  std::vector<float> partial(static_cast<size_t>(ms_vit::max_workers() * 2 * cols), 0.f);  // per worker: dgamma, dbeta
+  const int workers = ms_vit::parallel_for(rows, min_rows(cols), [&](int w, int64_t begin, int64_t end) {
     float *pg = partial.data() + w * 2 * cols;
     float *pb = pg + cols;
     std::vector<float> xhat(cols);
@@ -115,7 +96,7 @@ extern "C" int LayerNormLastAxisGrad(int nparam, void **params, int *ndims, int6
   });
   for (int64_t j = 0; j < cols; ++j) {
     float g = 0.f, b = 0.f;
-    for (int64_t w = 0; w < workers; ++w) {
+    for (int w = 0; w < workers; ++w) {
       g += partial[w * 2 * cols + j];
       b += partial[w * 2 * cols + cols + j];
     }

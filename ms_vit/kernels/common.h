@@ -1,0 +1,41 @@
+// Helpers shared by ms_vit's CPU kernels (MindSpore AOT custom ops).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace ms_vit {
+
+inline bool all_float32(int nparam, const char **dtypes) {
+  for (int i = 0; i < nparam; ++i)
+    if (std::strcmp(dtypes[i], "float32") != 0) return false;
+  return true;
+}
+
+inline int64_t element_count(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+inline int max_workers() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
+// Runs body(worker, begin, end) over [0, n) in blocks of at least min_block items, on up to
+// hardware_concurrency std::threads (the caller's thread is worker 0). Returns the number of workers.
+// Not OpenMP: MindSpore initialises libgomp with spinning waits, and idle OpenMP workers spinning after each
+// call slowed the next MindSpore kernels by up to 2x on a 2-core machine.
+template <typename Body>
+int parallel_for(int64_t n, int64_t min_block, Body body) {
+  const int workers = static_cast<int>(std::min<int64_t>(max_workers(), std::max<int64_t>(1, n / min_block)));
+  const int64_t block = (n + workers - 1) / workers;
+  std::vector<std::thread> threads;
+  for (int w = 1; w < workers; ++w)
+    threads.emplace_back(body, w, std::min(n, w * block), std::min(n, (w + 1) * block));
+  body(0, int64_t{0}, std::min(n, block));
+  for (auto &t : threads) t.join();
+  return workers;
+}
+
+}  // namespace ms_vit
