@@ -11,12 +11,11 @@ import json
 import os
 import sys
 
-from ms_vit import device
+from ms_vit import checkpoint, cli, create_model, data, device   # first: sets MindSpore's log level
 import mindspore as ms
 from mindspore import nn
 from mindspore.train import Model, LossMonitor, TimeMonitor, ModelCheckpoint, CheckpointConfig, Callback
 
-from ms_vit import checkpoint, cli, create_model, data
 from ms_vit.evaluate import evaluate
 from ms_vit.loss import LabelSmoothingCrossEntropy
 from ms_vit.lr import cosine_lr

@@ -62,7 +62,6 @@ def test_infer_prints_devkit_names_and_renders(trained, tmp_path):
     result = run_script("infer.py", "--ckpt_path", os.path.join(trained["dir"], "best.ckpt"), image,
                         "--output_dir", str(tmp_path), "--topk", "3")
     assert result.returncode == 0, result.stderr[-3000:]
-    names = json.load(open(os.path.join(trained["dir"], "val_history.json")))  # noqa: F841 (file exists)
     lines = result.stdout.splitlines()
     assert lines[0] == image and lines[1].startswith("  1. ") and lines[3].startswith("  3. ")
     from ms_vit.data import class_names, list_classes
