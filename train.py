@@ -17,6 +17,7 @@ from mindspore import nn
 from mindspore.train import Model, LossMonitor, TimeMonitor, ModelCheckpoint, CheckpointConfig, Callback
 
 from ms_vit.evaluate import evaluate
+from ms_vit.factory import build_model
 from ms_vit.loss import LabelSmoothingCrossEntropy
 from ms_vit.lr import cosine_lr
 from ms_vit.optim import AdamW
@@ -116,9 +117,9 @@ def main(argv=None):
     overrides = {k: v for k, v in overrides.items() if v is not None}
     start_epoch, resume_params = 0, {}
     if args.resume:
-        resume_params, resume_meta = checkpoint.read(args.resume)
-        net = create_model(args.model, num_classes=num_classes, image_size=args.image_size,
-                           checkpoint_path=args.resume, drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate)
+        resume_params, resume_meta = checkpoint.read(args.resume)       # read once: weights and optimizer state
+        net = build_model(args.model, resume_params, resume_meta, args.resume, num_classes, args.image_size,
+                          drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate)
         start_epoch = int(resume_params["epoch_num"]) if "epoch_num" in resume_params else resume_meta.get("epoch", 0)
     else:
         net = create_model(args.model or (None if args.pretrained else "vit_b_16_224"), num_classes=num_classes,

@@ -30,6 +30,13 @@ def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, 
         The ``ViT``; ``net.checkpoint_meta`` holds what the checkpoint recorded (class names, epoch...).
     """
     params, meta = checkpoint.read(checkpoint_path) if checkpoint_path else ({}, {})
+    return build_model(name, params, meta, checkpoint_path, num_classes, image_size, **overrides)
+
+
+def build_model(name: Optional[str], params: dict, meta: dict, source: Optional[str] = None,
+                num_classes: Optional[int] = None, image_size: Optional[int] = None, **overrides) -> ViT:
+    """``create_model`` for a checkpoint already read with ``checkpoint.read`` (``params`` may be empty):
+    for callers that need the file's other entries too, such as train.py's optimizer state."""
     saved = ViTConfig.from_dict(meta["config"]) if "config" in meta else None
     if name:
         config = variant_config(name)
@@ -47,6 +54,6 @@ def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, 
     config = dataclasses.replace(config, **{k: v for k, v in fields.items() if v is not None})
     net = ViT(config)
     if params:
-        checkpoint.load_into(net, params, source=checkpoint_path)
+        checkpoint.load_into(net, params, source=source or "checkpoint")
     net.checkpoint_meta = meta
     return net

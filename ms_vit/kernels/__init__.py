@@ -10,6 +10,7 @@ The library is compiled on first use into ``$MS_VIT_CACHE/kernels`` (default ``~
 no compiler is available or the compilation fails, the ops below are ``None`` and the model keeps MindSpore's
 own operators: slower, same numbers. ``MS_VIT_FUSED_KERNELS=0`` turns the kernels off.
 """
+import functools
 import hashlib
 import logging
 import os
@@ -24,7 +25,6 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = [os.path.join(_HERE, name) for name in ("gelu.cc", "layer_norm.cc")]
 _HEADERS = [os.path.join(_HERE, "common.h")]
 _FLAGS = ["-std=c++17", "-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-pthread", "-shared", "-fPIC"]
-_compiled = {}
 
 
 def _cache_dir():
@@ -41,11 +41,9 @@ def _cpu_signature():
         return ""
 
 
+@functools.cache          # compiled (or found in the cache) once per process
 def compiled_library():
     """Path of the compiled kernel library, or None if it cannot be built here."""
-    if "lib" in _compiled:
-        return _compiled["lib"]
-    _compiled["lib"] = None
     if os.environ.get("MS_VIT_FUSED_KERNELS", "1") == "0":
         return None
     compiler = shutil.which(os.environ.get("CXX", "g++"))
@@ -66,10 +64,10 @@ def compiled_library():
             logger.warning(f"ms_vit: compiling the fused CPU kernels failed ({last}); using MindSpore's operators")
             return None
         os.replace(tmp, target)          # atomic: concurrent processes never load a half-written library
-    _compiled["lib"] = target
     return target
 
 
+@functools.cache          # one op shared by every FeedForward
 def gelu_erf_op():
     """A Custom op computing the exact GELU of a float32 tensor on CPU (with its gradient), or None."""
     library = compiled_library()
@@ -84,6 +82,7 @@ def gelu_erf_op():
     return ops.Custom(f"{library}:GeluErf", out_shape=same, out_dtype=same, func_type="aot", bprop=bprop)
 
 
+@functools.cache          # one op shared by every LayerNorm
 def layer_norm_op():
     """A Custom op ``(x, gamma, beta, eps) -> LayerNorm over the last axis`` for float32 CPU tensors (with its
     gradient; ``eps`` a float32 tensor of shape (1,)), or None."""
