@@ -31,7 +31,7 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter
 from mindspore.common.initializer import initializer, TruncatedNormal, XavierUniform, Zero
 
-from .kernels import gelu_erf_op, layer_norm_op
+from . import kernels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -124,6 +124,19 @@ def gelu(x, approximate: bool):
     return 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476))
 
 
+def cpu_kernel(factory, *args):
+    """``factory(*args)``, the fused CPU op of ``ms_vit.kernels``, when running on CPU (else None; also None
+    when it could not be compiled: the caller then uses MindSpore's operators, same results)."""
+    return factory(*args) if ms.get_context("device_target") == "CPU" else None
+
+
+def add_bias(x, bias, kernel):
+    """``x + bias`` over the last axis, by ``kernel`` (``kernels.add_bias_op``) when there is one."""
+    if kernel is None:
+        return x + bias.astype(x.dtype)
+    return kernel(x.astype(ms.float32), bias.astype(ms.float32)).astype(x.dtype)
+
+
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` over the last axis with an explicit epsilon (kept float32 under AMP O2).
 
@@ -132,9 +145,8 @@ class LayerNorm(nn.LayerNorm):
 
     def __init__(self, dim: int, eps: float):
         super().__init__((dim,), begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
-        fused = layer_norm_op() if ms.get_context("device_target") == "CPU" else None
-        self.fused = fused is not None
-        self.kernel = fused
+        self.kernel = cpu_kernel(kernels.layer_norm_op)
+        self.fused = self.kernel is not None
         self.eps = ms.Tensor([eps], ms.float32)
 
     def construct(self, x):
@@ -142,6 +154,23 @@ class LayerNorm(nn.LayerNorm):
             return self.kernel(x.astype(ms.float32), self.gamma.astype(ms.float32), self.beta.astype(ms.float32),
                                self.eps).astype(x.dtype)
         return super().construct(x)
+
+
+class Dense(nn.Dense):
+    """``nn.Dense`` (same parameters). On CPU it runs as ``kernels.Linear``: the same products with faster
+    gradients (MindSpore's CPU BiasAddGrad runs at ~0.5 GB/s; one orientation of its transposed MatMul at half
+    speed)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels)
+        self.linear = cpu_kernel(kernels.linear, out_channels, in_channels)
+        self.fused = self.linear is not None
+
+    def construct(self, x):
+        if not self.fused:
+            return super().construct(x)
+        y = self.linear(x.reshape(-1, x.shape[-1]), self.weight, self.bias)        # (rows, out)
+        return y.reshape(x.shape[:-1] + (y.shape[-1],))
 
 
 class Attention(nn.Cell):
@@ -161,27 +190,50 @@ class Attention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.qkv = nn.Dense(dim, dim * 3)
+        self.qkv = Dense(dim, dim * 3)
         self.attn_drop = nn.Dropout(p=attn_drop)
-        self.out = nn.Dense(dim, dim)
+        self.out = Dense(dim, dim)
         self.out_drop = nn.Dropout(p=proj_drop)
         self.q_kt = ops.BatchMatMul(transpose_b=True)
+        self.attn_v = ops.BatchMatMul()          # its gradient uses transposed matmuls, no Transpose ops
+        # On CPU the head split and merge run as row-copying kernels, the softmax as a one-pass kernel
+        # (ms_vit.kernels): MindSpore's CPU Transpose keeps an 8-byte index per element for every transpose in
+        # the graph and gathers through it; its softmax gradient is four broadcasting ops.
+        self.split_kernel = cpu_kernel(kernels.split_heads_op)
+        self.merge_kernel = cpu_kernel(kernels.swap_middle_axes_op)
+        self.softmax_kernel = cpu_kernel(kernels.softmax_op)
+        self.fused = self.split_kernel is not None
 
-    def construct(self, x):
-        b, n, c = x.shape
+    def split_heads(self, qkv):
+        """(B, N, 3D) -> q * scale, k, v, each (B, H, N, d)."""
+        b, n, _ = qkv.shape
+        if self.fused:
+            qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim)          # (B, N, 3, H, d)
+            q, k, v = self.split_kernel(qkv.astype(ms.float32))                # q scaled by d ** -0.5
+            return q.astype(qkv.dtype), k.astype(qkv.dtype), v.astype(qkv.dtype)
         # Split, then reshape each of q, k, v: slicing a transposed (3, B, H, N, d) view instead makes the
         # CPU matmuls take a strided path ~5x slower.
-        q, k, v = ops.split(self.qkv(x), c, axis=-1)                 # 3 x (B, N, D)
-        q = q.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)   # (B, H, N, d)
+        q, k, v = ops.split(qkv, qkv.shape[-1] // 3, axis=-1)                 # 3 x (B, N, D)
+        q = q.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
         k = k.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
         v = v.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        attn = self.q_kt(q * self.scale, k)                          # (B, H, N, N)
+        return q * self.scale, k, v
+
+    def merge_heads(self, x):
+        """(B, H, N, d) -> (B, N, D)."""
+        b, h, n, d = x.shape
+        if self.fused:
+            return self.merge_kernel(x.astype(ms.float32)).astype(x.dtype).reshape(b, n, h * d)
+        return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
+
+    def construct(self, x):
+        q, k, v = self.split_heads(self.qkv(x))                      # 3 x (B, H, N, d), q scaled
+        attn = self.q_kt(q, k).astype(ms.float32)                    # (B, H, N, N)
         # Softmax in float32 so that float16 compute (AMP O2) cannot overflow.
-        attn = ops.softmax(attn.astype(ms.float32), axis=-1).astype(x.dtype)
-        attn = self.attn_drop(attn)
-        x = ops.matmul(attn, v)                                      # (B, H, N, d)
-        x = x.transpose(0, 2, 1, 3).reshape(b, n, c)                 # (B, N, D)
-        return self.out_drop(self.out(x))
+        attn = self.softmax_kernel(attn) if self.fused else ops.softmax(attn, axis=-1)
+        attn = self.attn_drop(attn.astype(x.dtype))
+        x = self.attn_v(attn, v)                                     # (B, H, N, d)
+        return self.out_drop(self.out(self.merge_heads(x)))          # (B, N, D)
 
 
 class FeedForward(nn.Cell):
@@ -200,14 +252,11 @@ class FeedForward(nn.Cell):
         super().__init__()
         self.gelu_approximate = gelu_approximate
         # On CPU the exact GELU runs as one fused kernel (ms_vit.kernels): MindSpore's CPU Erf is ~15x slower.
-        fused = None
-        if not gelu_approximate and ms.get_context("device_target") == "CPU":
-            fused = gelu_erf_op()
-        self.fused_gelu = fused is not None
-        self.gelu_kernel = fused
-        self.dense1 = nn.Dense(dim, hidden_dim)
+        self.gelu_kernel = None if gelu_approximate else cpu_kernel(kernels.gelu_erf_op)
+        self.fused_gelu = self.gelu_kernel is not None
+        self.dense1 = Dense(dim, hidden_dim)
         self.drop1 = nn.Dropout(p=dropout)
-        self.dense2 = nn.Dense(hidden_dim, dim)
+        self.dense2 = Dense(hidden_dim, dim)
         self.drop2 = nn.Dropout(p=dropout)
 
     def construct(self, x):
@@ -316,6 +365,9 @@ class PatchEmbedding(nn.Cell):
         self.conv = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size,
                               has_bias=True, pad_mode="valid")
         self.as_matmul = ms.get_context("device_target") == "CPU" if as_matmul is None else as_matmul
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.patchify_kernel = cpu_kernel(kernels.patchify_op, patch_size)
+        self.bias_kernel = cpu_kernel(kernels.add_bias_op)
 
     def construct(self, x):
         if not self.as_matmul:
@@ -323,10 +375,13 @@ class PatchEmbedding(nn.Cell):
             b, d = x.shape[0], x.shape[1]
             return x.reshape(b, d, -1).transpose(0, 2, 1)            # (B, N, D)
         b, c, g, p = x.shape[0], x.shape[1], self.grid_size, self.patch_size
-        x = x.reshape(b, c, g, p, g, p).transpose(0, 2, 4, 1, 3, 5)  # (B, S/P, S/P, C, P, P)
+        if self.patchify_kernel is not None:
+            x = self.patchify_kernel(x.astype(ms.float32)).astype(x.dtype)          # (B, N, C*P*P)
+        else:
+            x = x.reshape(b, c, g, p, g, p).transpose(0, 2, 4, 1, 3, 5)           # (B, S/P, S/P, C, P, P)
         x = x.reshape(b * g * g, c * p * p)                          # (B*N, C*P*P)
         weight = self.conv.weight.reshape(self.conv.weight.shape[0], -1)           # (D, C*P*P)
-        x = ops.matmul(x, weight.T.astype(x.dtype)) + self.conv.bias.astype(x.dtype)  # (B*N, D)
+        x = add_bias(self.matmul(x, weight.astype(x.dtype)), self.conv.bias, self.bias_kernel)  # (B*N, D)
         return x.reshape(b, g * g, -1)                               # (B, N, D)
 
 
@@ -352,7 +407,7 @@ class ViT(nn.Cell):
                                               c.attn_drop_rate, c.drop_path_rate, c.layer_norm_eps,
                                               c.gelu_approximate)
         self.norm = LayerNorm(c.embed_dim, c.layer_norm_eps)
-        self.dense = nn.Dense(c.embed_dim, c.num_classes)
+        self.dense = Dense(c.embed_dim, c.num_classes)
         self.mean_pool = c.global_pool == "mean"
         self._init_weights()
 

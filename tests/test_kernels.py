@@ -1,4 +1,4 @@
-"""ms_vit.kernels: the fused exact-GELU CPU kernel equals the composite erf GELU, forward and backward."""
+"""ms_vit.kernels: each fused CPU kernel equals what it replaces, forward and backward; so does the whole model."""
 import os
 import subprocess
 import sys
@@ -43,23 +43,54 @@ def test_gradient_matches_erf(kernel, mode):
     assert np.abs(got - exact).max() < 1e-6
 
 
-def test_model_same_with_and_without_kernel(tmp_path):
-    """The composite path (no compiler, or MS_VIT_FUSED_KERNELS=0) gives the same logits."""
-    script = ("import sys, numpy as np, mindspore as ms; sys.path.insert(0, %r); from ms_vit import create_model;"
-              "ms.set_seed(0); net = create_model('vit_ti_16_224', image_size=32, patch_size=8, depth=2);"
-              "net.dense.weight.set_data(ms.Tensor(np.random.default_rng(1).standard_normal((1000, 192)),"
-              " ms.float32)); net.set_train(False);"
-              "x = ms.Tensor(np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32));"
-              "print(net.transformer.layers[0][1].cell[1].fused_gelu); np.save(sys.argv[1], net(x).asnumpy())") % ROOT
+MODEL_SCRIPT = """
+import sys, numpy as np, mindspore as ms
+sys.path.insert(0, %r)
+from ms_vit import create_model
+from ms_vit.loss import LabelSmoothingCrossEntropy
+ms.set_context(mode=ms.GRAPH_MODE)
+ms.set_seed(0)
+net = create_model("vit_ti_16_224", image_size=32, patch_size=8, depth=2, num_classes=10)
+net.dense.weight.set_data(ms.Tensor(np.random.default_rng(1).standard_normal((10, 192)), ms.float32))
+block = net.transformer.layers[0]
+print(net.patch_embedding.patchify_kernel is not None, block[0].cell[0].fused, block[0].cell[1].fused,
+      block[0].cell[1].qkv.fused, block[1].cell[1].fused_gelu)
+x = ms.Tensor(np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype(np.float32))
+y = ms.Tensor(np.array([1, 5, 7], np.int32))
+net.set_train(False)
+logits = net(x).asnumpy()
+net.set_train(True)
+loss_fn = LabelSmoothingCrossEntropy(0.1)
+
+
+def loss(x, y):
+    return loss_fn(net(x), y)
+
+
+grads = ms.grad(loss, grad_position=None, weights=net.trainable_params())(x, y)
+np.savez(sys.argv[1], logits=logits, **{p.name: g.asnumpy() for p, g in zip(net.trainable_params(), grads)})
+""" % ROOT
+
+
+def test_model_same_with_and_without_kernels(tmp_path):
+    """The composite path (no compiler, or MS_VIT_FUSED_KERNELS=0) gives the same logits and the same gradient
+    for every parameter."""
     outputs = {}
+    script = tmp_path / "model_gradients.py"          # a file: graph mode compiles from source
+    script.write_text(MODEL_SCRIPT)
     for flag in ("1", "0"):
-        path = str(tmp_path / f"logits{flag}.npy")
-        run = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True,
+        path = str(tmp_path / f"run{flag}.npz")
+        run = subprocess.run([sys.executable, str(script), path], capture_output=True, text=True,
                              env=dict(os.environ, MS_VIT_FUSED_KERNELS=flag))
         assert run.returncode == 0, run.stderr[-2000:]
-        assert run.stdout.strip().splitlines()[-1] == ("True" if flag == "1" else "False")
-        outputs[flag] = np.load(path)
-    assert np.abs(outputs["1"] - outputs["0"]).max() < 1e-5 * np.abs(outputs["0"]).max()   # float32 rounding
+        assert run.stdout.strip().splitlines()[-1] == " ".join([str(flag == "1")] * 5)
+        outputs[flag] = dict(np.load(path))
+    fused, composite = outputs["1"], outputs["0"]
+    assert fused.keys() == composite.keys() and len(fused) > 30
+    for name in fused:                                   # float32 rounding only
+        scale = np.abs(composite[name]).max()
+        assert scale > 0, name
+        assert np.abs(fused[name] - composite[name]).max() < 1e-5 * scale, name
 
 
 def test_layer_norm_kernel_matches_mindspore(mode):
@@ -88,3 +119,81 @@ def test_layer_norm_kernel_matches_mindspore(mode):
 
     for ours, theirs in zip(grads(fused), grads(reference)):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def apply_and_grad(cell, x, weights):
+    """cell(x) and the gradient of sum(cell(x) * weights) with respect to x."""
+    def weighted_sum(x):
+        return (cell(x) * weights).sum()
+
+    return cell(x).asnumpy(), ms.grad(weighted_sum)(x).asnumpy()
+
+
+def test_softmax_kernel_matches_mindspore(mode):
+    from ms_vit.kernels import softmax_op
+    rng = np.random.default_rng(0)
+    x = ms.Tensor((rng.standard_normal((2, 3, 17, 197)) * 4).astype(np.float32))
+    weights = ms.Tensor(rng.standard_normal((2, 3, 17, 197)).astype(np.float32))
+    ours = apply_and_grad(Apply(softmax_op()), x, weights)
+    theirs = apply_and_grad(Apply(ms.ops.Softmax(axis=-1)), x, weights)
+    np.testing.assert_allclose(ours[0], theirs[0], atol=1e-7, rtol=1e-5)
+    np.testing.assert_allclose(ours[1], theirs[1], atol=1e-7, rtol=1e-4)
+
+
+def test_add_bias_kernel_gradients(mode):
+    from ms_vit.kernels import add_bias_op
+    op = add_bias_op()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 37, 96)).astype(np.float32)
+    bias = rng.standard_normal(96).astype(np.float32)
+    weights = rng.standard_normal((5, 37, 96)).astype(np.float32)
+    out = op(ms.Tensor(x), ms.Tensor(bias)).asnumpy()
+    np.testing.assert_array_equal(out, x + bias)
+    def weighted_sum(x, bias):
+        return (op(x, bias) * ms.Tensor(weights)).sum()
+
+    dx, dbias = ms.grad(weighted_sum, grad_position=(0, 1))(ms.Tensor(x), ms.Tensor(bias))
+    np.testing.assert_array_equal(dx.asnumpy(), weights)
+    np.testing.assert_allclose(dbias.asnumpy(), weights.reshape(-1, 96).sum(0), rtol=1e-5, atol=1e-5)
+
+
+def test_head_kernels_match_transposes(mode):
+    from ms_vit.kernels import split_heads_op, swap_middle_axes_op
+    b, n, h, d = 2, 11, 3, 8
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((b, n, 3, h, d)).astype(np.float32)
+    q, k, v = (t.asnumpy() for t in split_heads_op()(ms.Tensor(qkv)))
+    heads = qkv.transpose(2, 0, 3, 1, 4)                                     # (3, B, H, N, d)
+    np.testing.assert_allclose(q, heads[0] * np.float32(d ** -0.5), rtol=1e-7)
+    np.testing.assert_array_equal(k, heads[1])
+    np.testing.assert_array_equal(v, heads[2])
+    weights = [rng.standard_normal((b, h, n, d)).astype(np.float32) for _ in range(3)]
+    wq, wk, wv = (ms.Tensor(w) for w in weights)
+
+    def loss(x):
+        q, k, v = split_heads_op()(x)
+        return (q * wq).sum() + (k * wk).sum() + (v * wv).sum()
+
+    dqkv = ms.grad(loss)(ms.Tensor(qkv)).asnumpy()
+    expected = np.stack([weights[0] * np.float32(d ** -0.5), weights[1], weights[2]]).transpose(1, 3, 0, 2, 4)
+    np.testing.assert_allclose(dqkv, expected, rtol=1e-7)
+    x = rng.standard_normal((b, h, n, d)).astype(np.float32)
+    w = rng.standard_normal((b, n, h, d)).astype(np.float32)
+    merged, dx = apply_and_grad(Apply(swap_middle_axes_op()), ms.Tensor(x), ms.Tensor(w))
+    np.testing.assert_array_equal(merged, x.transpose(0, 2, 1, 3))
+    np.testing.assert_array_equal(dx, w.transpose(0, 2, 1, 3))
+
+
+def test_patchify_kernel_matches_reshape(mode):
+    from ms_vit.kernels import patchify_op
+    b, c, s, p = 2, 3, 24, 8
+    g = s // p
+    rng = np.random.default_rng(0)
+    image = rng.standard_normal((b, c, s, s)).astype(np.float32)
+    weights = rng.standard_normal((b, g * g, c * p * p)).astype(np.float32)
+    patches, dimage = apply_and_grad(Apply(patchify_op(p)), ms.Tensor(image), ms.Tensor(weights))
+    def to_patches(t):
+        return t.reshape(b, c, g, p, g, p).transpose(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * p * p)
+
+    np.testing.assert_array_equal(patches, to_patches(image))
+    np.testing.assert_array_equal(to_patches(dimage), weights)

@@ -20,6 +20,12 @@ inline int64_t element_count(int ndim, const int64_t *shape) {
   return n;
 }
 
+// Rows of a tensor seen as (rows, last axis).
+inline int64_t rows_of(int ndim, const int64_t *shape) { return element_count(ndim - 1, shape); }
+
+// Rows per thread block: about 32 K floats.
+inline int64_t min_rows(int64_t cols) { return std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(cols, 1)); }
+
 inline int max_workers() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
 // Runs body(worker, begin, end) over [0, n) in blocks of at least min_block items, on up to

@@ -10,17 +10,10 @@
 #include "common.h"
 
 using ms_vit::all_float32;
+using ms_vit::min_rows;
+using ms_vit::rows_of;
 
 namespace {
-int64_t rows_of(int ndim, const int64_t *shape) {
-  int64_t n = 1;
-  for (int i = 0; i + 1 < ndim; ++i) n *= shape[i];
-  return n;
-}
-
-// Rows per thread block: about 32 K floats.
-inline int64_t min_rows(int64_t cols) { return std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(cols, 1)); }
-
 inline void row_stats(const float *x, int64_t cols, float eps, float *mean, float *rstd) {
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)

@@ -1,0 +1,58 @@
+// Image <-> patch rows for the patch embedding on MindSpore CPU, as AOT custom-op kernels (ms_vit.kernels).
+//
+// The patch embedding runs on CPU as patches x weight matrix (MindSpore's CPU Conv2d with a stride-P P x P
+// kernel runs at under 1 GFLOP/s). Cutting the image into patch rows is a 6-D transpose, which MindSpore's
+// CPU Transpose does through an 8-byte index per element; here rows of P pixels are copied.
+#include <cmath>
+
+#include "common.h"
+
+using ms_vit::all_float32;
+
+namespace {
+// Copies between image (B, C, S, S) and patches (B, g*g, C*P*P), g = S / P; to_patches picks the direction.
+void copy_patches(float *image, float *patches, int64_t b, int64_t c, int64_t s, int64_t p, bool to_patches) {
+  const int64_t g = s / p;
+  ms_vit::parallel_for(b * g, 1, [=](int, int64_t begin, int64_t end) {
+    for (int64_t bgy = begin; bgy < end; ++bgy) {                 // one row of patches of one image
+      const int64_t i = bgy / g, gy = bgy % g;
+      for (int64_t gx = 0; gx < g; ++gx) {
+        float *patch = patches + ((i * g + gy) * g + gx) * c * p * p;
+        for (int64_t ch = 0; ch < c; ++ch) {
+          for (int64_t py = 0; py < p; ++py) {
+            float *pixels = image + ((i * c + ch) * s + gy * p + py) * s + gx * p;
+            float *row = patch + (ch * p + py) * p;
+            if (to_patches) {
+              std::memcpy(row, pixels, p * sizeof(float));
+            } else {
+              std::memcpy(pixels, row, p * sizeof(float));
+            }
+          }
+        }
+      }
+    }
+  });
+}
+}  // namespace
+
+// params: image (B, C, S, S); patches (B, N, C*P*P). P from the output: C*P*P = patches' last dim.
+extern "C" int Patchify(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                        void *) {
+  if (nparam != 2 || ndims[0] != 4 || ndims[1] != 3 || !all_float32(nparam, dtypes)) return 1;
+  const int64_t b = shapes[0][0], c = shapes[0][1], s = shapes[0][2];
+  const int64_t n = shapes[1][1], g = static_cast<int64_t>(std::sqrt(static_cast<double>(n)) + 0.5);
+  if (g * g != n || s % g != 0) return 1;
+  copy_patches(static_cast<float *>(params[0]), static_cast<float *>(params[1]), b, c, s, s / g, true);
+  return 0;
+}
+
+// The gradient of Patchify: params: dpatches (B, N, C*P*P), image (B, C, S, S) (for its shape); dimage.
+extern "C" int Unpatchify(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                          void *) {
+  if (nparam != 3 || ndims[1] != 4 || ndims[0] != 3 || !all_float32(nparam, dtypes)) return 1;
+  const int64_t b = shapes[1][0], c = shapes[1][1], s = shapes[1][2];
+  const int64_t n = shapes[0][1], g = static_cast<int64_t>(std::sqrt(static_cast<double>(n)) + 0.5);
+  if (g * g != n || s % g != 0) return 1;
+  copy_patches(static_cast<float *>(params[2]), static_cast<float *>(params[0]), b, c, s, s / g, false);
+  return 0;
+}
