@@ -1,21 +1,37 @@
 """AdamW as timm trains ViT with it (torch.optim.AdamW): decoupled weight decay *and* bias correction.
 
 MindSpore's ``nn.AdamWeightDecay`` has no bias correction (the BERT variant): its first steps move each
-weight by up to ~3x the learning rate. This optimizer keeps its fused kernel (``ops.AdamWeightDecay``, one
-kernel per parameter on Ascend, GPU and CPU) and folds the bias correction into the kernel's scalars:
+weight by up to ~3x the learning rate; its CPU kernel also runs at ~3.9 ns per weight (340 ms per ViT-B/16
+step; torch's AdamW takes ~130 ms). This optimizer keeps ``nn.AdamWeightDecay``'s parameter groups and state
+names (``adam_m.*``, ``adam_v.*``) and updates each weight with two fused steps, as torch does:
 
-    lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t),  eps_t = eps * sqrt(1 - b2^t),  decay_t = wd * lr / lr_t
+    w *= 1 - lr * wd                                       (decoupled weight decay)
+    ops.Adam(w, m, v, b1^t, b2^t, lr, b1, b2, eps_t, g)    (~0.5 ns per weight on CPU)
 
-so that ``w -= lr_t * (m / (sqrt(v) + eps_t) + decay_t * w)`` equals torch's
-``w -= lr * wd * w;  w -= lr * m_hat / (sqrt(v_hat) + eps)``.
+``ops.Adam`` applies ``lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t)`` and ``w -= lr_t * m / (sqrt(v) + eps_t)``; with
+``eps_t = eps * sqrt(1 - b2^t)`` that equals torch's ``w -= lr * m_hat / (sqrt(v_hat) + eps)``.
 """
 import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor, jit
-from mindspore.nn.optim.adam import _fused_adam_weight_decay
+
+_adamw_update = ops.MultitypeFuncGraph("adamw_update")
+
+
+@_adamw_update.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                        "Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Bool")
+def _update(adam, beta1_power, beta2_power, lr, beta1, beta2, eps, weight_decay, param, moment1, moment2,
+            gradient, decay_flag, optim_filter):
+    """One parameter's AdamW step: decay first (as torch), then the fused Adam update."""
+    if optim_filter:
+        if decay_flag:
+            ops.assign(param, param * (1.0 - lr * weight_decay).astype(param.dtype))
+        adam(param, moment1, moment2, beta1_power, beta2_power, lr, beta1, beta2, eps,
+             gradient.astype(param.dtype))
+    return True
 
 
 class AdamW(nn.AdamWeightDecay):
-    """AdamW with bias correction (torch/timm semantics), on MindSpore's fused AdamWeightDecay kernel.
+    """AdamW with bias correction (torch/timm semantics).
 
     Args:
         params: parameters, or groups ``[{"params": [...], "weight_decay": wd}, ...]`` (no per-group lr).
@@ -30,6 +46,7 @@ class AdamW(nn.AdamWeightDecay):
             raise ValueError("AdamW here takes one learning-rate schedule for all groups")
         self.beta1_power = Parameter(Tensor([1.0], ms.float32), name="beta1_power")
         self.beta2_power = Parameter(Tensor([1.0], ms.float32), name="beta2_power")
+        self.adam = ops.Adam()
 
     @jit(backend="ms_backend")
     def construct(self, gradients):
@@ -39,19 +56,15 @@ class AdamW(nn.AdamWeightDecay):
         beta2_power = self.beta2_power * self.beta2
         ops.assign(self.beta1_power, beta1_power)
         ops.assign(self.beta2_power, beta2_power)
-        correction1 = 1.0 - beta1_power
-        root2 = ops.sqrt(1.0 - beta2_power)
-        lr_t = lr * root2 / correction1
-        eps_t = self.eps * root2
-        decay_scale = correction1 / root2
+        beta1_power, beta2_power = beta1_power.reshape(()), beta2_power.reshape(())
+        eps_t = self.eps * ops.sqrt(1.0 - beta2_power)
         weight_decay = self.get_weight_decay()
         if self.is_group:
-            weight_decay = self.hyper_map(ops.partial(ops.mul, decay_scale), weight_decay)
-            return self.hyper_map(
-                ops.partial(_fused_adam_weight_decay, self.fused_opt, self.beta1, self.beta2, eps_t, lr_t),
-                weight_decay, self._parameters, self.moments1, self.moments2, gradients, self.decay_flags,
-                self.optim_filter)
-        return self.hyper_map(
-            ops.partial(_fused_adam_weight_decay, self.fused_opt, self.beta1, self.beta2, eps_t, lr_t,
-                        weight_decay * decay_scale),
-            self._parameters, self.moments1, self.moments2, gradients, self.decay_flags, self.optim_filter)
+            update = ops.partial(_adamw_update, self.adam, beta1_power, beta2_power, lr, self.beta1, self.beta2,
+                                 eps_t)
+            return self.hyper_map(update, weight_decay, self._parameters, self.moments1, self.moments2, gradients,
+                                  self.decay_flags, self.optim_filter)
+        update = ops.partial(_adamw_update, self.adam, beta1_power, beta2_power, lr, self.beta1, self.beta2, eps_t,
+                             weight_decay)
+        return self.hyper_map(update, self._parameters, self.moments1, self.moments2, gradients, self.decay_flags,
+                              self.optim_filter)
