@@ -130,13 +130,6 @@ def cpu_kernel(factory, *args):
     return factory(*args) if ms.get_context("device_target") == "CPU" else None
 
 
-def add_bias(x, bias, kernel):
-    """``x + bias`` over the last axis, by ``kernel`` (``kernels.add_bias_op``) when there is one."""
-    if kernel is None:
-        return x + bias.astype(x.dtype)
-    return kernel(x.astype(ms.float32), bias.astype(ms.float32)).astype(x.dtype)
-
-
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` over the last axis with an explicit epsilon (kept float32 under AMP O2).
 
@@ -367,7 +360,7 @@ class PatchEmbedding(nn.Cell):
         self.as_matmul = ms.get_context("device_target") == "CPU" if as_matmul is None else as_matmul
         self.matmul = ops.MatMul(transpose_b=True)
         self.patchify_kernel = cpu_kernel(kernels.patchify_op, patch_size)
-        self.bias_kernel = cpu_kernel(kernels.add_bias_op)
+        self.linear = cpu_kernel(kernels.linear, embed_dim, in_channels * patch_size * patch_size)
 
     def construct(self, x):
         if not self.as_matmul:
@@ -381,7 +374,10 @@ class PatchEmbedding(nn.Cell):
             x = x.reshape(b, c, g, p, g, p).transpose(0, 2, 4, 1, 3, 5)           # (B, S/P, S/P, C, P, P)
         x = x.reshape(b * g * g, c * p * p)                          # (B*N, C*P*P)
         weight = self.conv.weight.reshape(self.conv.weight.shape[0], -1)           # (D, C*P*P)
-        x = add_bias(self.matmul(x, weight.astype(x.dtype)), self.conv.bias, self.bias_kernel)  # (B*N, D)
+        if self.linear is not None:
+            x = self.linear(x, weight, self.conv.bias)                              # (B*N, D)
+        else:
+            x = self.matmul(x, weight.astype(x.dtype)) + self.conv.bias.astype(x.dtype)
         return x.reshape(b, g * g, -1)                               # (B, N, D)
 
 

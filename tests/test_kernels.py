@@ -28,6 +28,11 @@ class Apply(ms.nn.Cell):
         return self.op(x)
 
 
+class Apply2(Apply):
+    def construct(self, x, y):
+        return self.op(x, y)
+
+
 def test_forward_matches_erf(kernel, mode):
     x = np.concatenate([np.linspace(-12, 12, 4001), np.random.default_rng(0).standard_normal(300_000) * 3])
     x = x.astype(np.float32)
@@ -140,21 +145,40 @@ def test_softmax_kernel_matches_mindspore(mode):
     np.testing.assert_allclose(ours[1], theirs[1], atol=1e-7, rtol=1e-4)
 
 
-def test_add_bias_kernel_gradients(mode):
-    from ms_vit.kernels import add_bias_op
-    op = add_bias_op()
+def test_dense_kernels(mode):
+    from ms_vit.kernels import add_bias_op, sum_rows_op, transpose_op
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 37, 96)).astype(np.float32)
     bias = rng.standard_normal(96).astype(np.float32)
-    weights = rng.standard_normal((5, 37, 96)).astype(np.float32)
-    out = op(ms.Tensor(x), ms.Tensor(bias)).asnumpy()
-    np.testing.assert_array_equal(out, x + bias)
-    def weighted_sum(x, bias):
-        return (op(x, bias) * ms.Tensor(weights)).sum()
+    np.testing.assert_array_equal(Apply2(add_bias_op())(ms.Tensor(x), ms.Tensor(bias)).asnumpy(), x + bias)
+    np.testing.assert_allclose(Apply(sum_rows_op())(ms.Tensor(x)).asnumpy(), x.reshape(-1, 96).sum(0),
+                               rtol=1e-5, atol=1e-5)
+    matrix = rng.standard_normal((70, 45)).astype(np.float32)            # not a multiple of the 32 x 32 tiles
+    np.testing.assert_array_equal(Apply(transpose_op())(ms.Tensor(matrix)).asnumpy(), matrix.T)
 
-    dx, dbias = ms.grad(weighted_sum, grad_position=(0, 1))(ms.Tensor(x), ms.Tensor(bias))
-    np.testing.assert_array_equal(dx.asnumpy(), weights)
-    np.testing.assert_allclose(dbias.asnumpy(), weights.reshape(-1, 96).sum(0), rtol=1e-5, atol=1e-5)
+
+def test_linear_gradients_match_dense(mode):
+    """kernels.Linear (both weight-gradient orders) gives nn.Dense's output and gradients."""
+    from mindspore import nn
+    from ms_vit.kernels import linear
+    rng = np.random.default_rng(0)
+    for out_features, in_features in ((48, 16), (16, 48)):           # dy^T x, and (x^T dy)^T
+        dense = nn.Dense(in_features, out_features)
+        op = linear(out_features, in_features)
+        assert op.weight_grad_transposed == (out_features < in_features)
+        x = ms.Tensor(rng.standard_normal((30, in_features)).astype(np.float32))
+        weights = ms.Tensor(rng.standard_normal((30, out_features)).astype(np.float32))
+
+        def ours(x, w, b):
+            return (op(x, w, b) * weights).sum()
+
+        def theirs(x, w, b):
+            return (ms.ops.dense(x, w, b) * weights).sum()
+
+        args = (x, dense.weight.value(), dense.bias.value())
+        np.testing.assert_allclose(op(*args).asnumpy(), dense(x).asnumpy(), rtol=1e-5, atol=1e-5)
+        for a, b in zip(ms.grad(ours, grad_position=(0, 1, 2))(*args), ms.grad(theirs, grad_position=(0, 1, 2))(*args)):
+            np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_head_kernels_match_transposes(mode):

@@ -156,26 +156,21 @@ def softmax_op():
     return _custom("SoftmaxLastAxis", _same, _same, bprop)
 
 
-@functools.cache          # one op shared by every Dense
+@functools.cache          # the ops below are shared by every Linear
 def add_bias_op():
-    """A Custom op ``(x (..., C), bias (C,)) -> x + bias`` for float32 CPU tensors (with its gradient), or None."""
-    if compiled_library() is None:
-        return None
-    bias_grad = _custom("SumToLastAxis", lambda dy: dy[-1:], _same)
-
-    def bprop(x, bias, out, dout):
-        return dout, bias_grad(dout)
-
-    return _custom("AddBias", _same, _same, bprop)
+    """A Custom op ``(x (..., C), bias (C,)) -> x + bias`` for float32 CPU tensors (gradient: see ``Linear``)."""
+    return _custom("AddBias", _same, _same)
 
 
 @functools.cache
-def _sum_rows_op():
+def sum_rows_op():
+    """A Custom op ``dy (..., C) -> (C,)``: the sum over all but the last axis (the bias gradient)."""
     return _custom("SumToLastAxis", lambda dy: dy[-1:], _same)
 
 
 @functools.cache
-def _transpose_op():
+def transpose_op():
+    """A Custom op ``(R, C) -> (C, R)`` for float32 CPU matrices."""
     return _custom("Transpose2D", lambda x: (x[1], x[0]), _same)
 
 
@@ -192,8 +187,8 @@ class Linear(nn.Cell):
         self.matmul_nn = ops.MatMul()
         self.matmul_tn = ops.MatMul(transpose_a=True)
         self.add_bias = add_bias_op()
-        self.sum_rows = _sum_rows_op()
-        self.transpose = _transpose_op()
+        self.sum_rows = sum_rows_op()
+        self.transpose = transpose_op()
         self.weight_grad_transposed = out_features < in_features
 
     def construct(self, x, weight, bias):
