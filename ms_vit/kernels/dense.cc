@@ -8,7 +8,7 @@
 #include "common.h"
 
 using ms_vit::all_float32;
-using ms_vit::min_rows;
+using ms_vit::min_items;
 using ms_vit::rows_of;
 
 // params: x (..., C), bias (C); y (..., C) = x + bias.
@@ -19,7 +19,7 @@ extern "C" int AddBias(int nparam, void **params, int *ndims, int64_t **shapes, 
   const float *bias = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
-  ms_vit::parallel_for(rows, min_rows(cols), [=](int, int64_t begin, int64_t end) {
+  ms_vit::parallel_for(rows, min_items(cols), [=](int, int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float *xr = x + r * cols;
       float *yr = y + r * cols;
@@ -38,7 +38,7 @@ extern "C" int SumToLastAxis(int nparam, void **params, int *ndims, int64_t **sh
   float *dbias = static_cast<float *>(params[1]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
   std::vector<float> partial(static_cast<size_t>(ms_vit::max_workers() * cols), 0.f);
-  const int workers = ms_vit::parallel_for(rows, min_rows(cols), [&](int w, int64_t begin, int64_t end) {
+  const int workers = ms_vit::parallel_for(rows, min_items(cols), [&](int w, int64_t begin, int64_t end) {
     float *sum = partial.data() + w * cols;
     for (int64_t r = begin; r < end; ++r) {
       const float *dyr = dy + r * cols;
@@ -63,8 +63,7 @@ extern "C" int Transpose2D(int nparam, void **params, int *ndims, int64_t **shap
   const int64_t rows = shapes[0][0], cols = shapes[0][1];
   constexpr int64_t kTile = 32;
   const int64_t row_tiles = (rows + kTile - 1) / kTile;
-  ms_vit::parallel_for(row_tiles, std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(kTile * cols, 1)),
-                       [=](int, int64_t begin, int64_t end) {
+  ms_vit::parallel_for(row_tiles, ms_vit::min_items(kTile * cols), [=](int, int64_t begin, int64_t end) {
     for (int64_t rt = begin; rt < end; ++rt) {
       const int64_t r0 = rt * kTile, r1 = std::min(rows, r0 + kTile);
       for (int64_t c0 = 0; c0 < cols; c0 += kTile) {

@@ -33,7 +33,7 @@ extern "C" int GeluErf(int nparam, void **params, int *ndims, int64_t **shapes, 
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
   const int64_t n = element_count(ndims[0], shapes[0]);
-  ms_vit::parallel_for(n, 1 << 16, [=](int, int64_t begin, int64_t end) {
+  ms_vit::parallel_for(n, ms_vit::kMinFloatsPerThread, [=](int, int64_t begin, int64_t end) {
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) y[i] = 0.5f * x[i] * (1.0f + erf_as(x[i] * kInvSqrt2));
   });
@@ -48,7 +48,7 @@ extern "C" int GeluErfGrad(int nparam, void **params, int *ndims, int64_t **shap
   const float *dy = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[2]);
   const int64_t n = element_count(ndims[0], shapes[0]);
-  ms_vit::parallel_for(n, 1 << 16, [=](int, int64_t begin, int64_t end) {
+  ms_vit::parallel_for(n, ms_vit::kMinFloatsPerThread, [=](int, int64_t begin, int64_t end) {
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
       const float cdf = 0.5f * (1.0f + erf_as(x[i] * kInvSqrt2));

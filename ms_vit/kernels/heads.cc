@@ -13,11 +13,10 @@
 using ms_vit::all_float32;
 
 namespace {
-// Runs body(o) for o in [0, outer) over threads, in blocks of about 32 K floats (floats_per_outer each).
+// Runs body(o) for o in [0, outer) over threads (floats_per_outer floats each).
 template <typename Body>
 void for_each_outer(int64_t outer, int64_t floats_per_outer, Body body) {
-  const int64_t min_outer = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(floats_per_outer, 1));
-  ms_vit::parallel_for(outer, min_outer, [&](int, int64_t begin, int64_t end) {
+  ms_vit::parallel_for(outer, ms_vit::min_items(floats_per_outer), [&](int, int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) body(o);
   });
 }

@@ -10,7 +10,7 @@
 #include "common.h"
 
 using ms_vit::all_float32;
-using ms_vit::min_rows;
+using ms_vit::min_items;
 using ms_vit::rows_of;
 
 namespace {
@@ -37,7 +37,7 @@ extern "C" int LayerNormLastAxis(int nparam, void **params, int *ndims, int64_t 
   const float eps = *static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
-  ms_vit::parallel_for(rows, min_rows(cols), [=](int, int64_t begin, int64_t end) {
+  ms_vit::parallel_for(rows, min_items(cols), [=](int, int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float *xr = x + r * cols;
       float *yr = y + r * cols;
@@ -63,7 +63,7 @@ extern "C" int LayerNormLastAxisGrad(int nparam, void **params, int *ndims, int6
   float *dbeta = static_cast<float *>(params[6]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
   std::vector<float> partial(static_cast<size_t>(ms_vit::max_workers() * 2 * cols), 0.f);  // per worker: dgamma, dbeta
-  const int workers = ms_vit::parallel_for(rows, min_rows(cols), [&](int w, int64_t begin, int64_t end) {
+  const int workers = ms_vit::parallel_for(rows, min_items(cols), [&](int w, int64_t begin, int64_t end) {
     float *pg = partial.data() + w * 2 * cols;
     float *pb = pg + cols;
     std::vector<float> xhat(cols);

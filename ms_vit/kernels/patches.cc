@@ -13,7 +13,7 @@ namespace {
 // Copies between image (B, C, S, S) and patches (B, g*g, C*P*P), g = S / P; to_patches picks the direction.
 void copy_patches(float *image, float *patches, int64_t b, int64_t c, int64_t s, int64_t p, bool to_patches) {
   const int64_t g = s / p;
-  ms_vit::parallel_for(b * g, 1, [=](int, int64_t begin, int64_t end) {
+  ms_vit::parallel_for(b * g, ms_vit::min_items(g * c * p * p), [=](int, int64_t begin, int64_t end) {
     for (int64_t bgy = begin; bgy < end; ++bgy) {                 // one row of patches of one image
       const int64_t i = bgy / g, gy = bgy % g;
       for (int64_t gx = 0; gx < g; ++gx) {

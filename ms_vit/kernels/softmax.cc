@@ -8,7 +8,7 @@
 #include "common.h"
 
 using ms_vit::all_float32;
-using ms_vit::min_rows;
+using ms_vit::min_items;
 using ms_vit::rows_of;
 
 // params: x (..., N); y (..., N).
@@ -18,7 +18,7 @@ extern "C" int SoftmaxLastAxis(int nparam, void **params, int *ndims, int64_t **
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
-  ms_vit::parallel_for(rows, min_rows(cols), [=](int, int64_t begin, int64_t end) {
+  ms_vit::parallel_for(rows, min_items(cols), [=](int, int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float *xr = x + r * cols;
       float *yr = y + r * cols;
@@ -47,7 +47,7 @@ extern "C" int SoftmaxLastAxisGrad(int nparam, void **params, int *ndims, int64_
   const float *dy = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[2]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
-  ms_vit::parallel_for(rows, min_rows(cols), [=](int, int64_t begin, int64_t end) {
+  ms_vit::parallel_for(rows, min_items(cols), [=](int, int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float *yr = y + r * cols, *dyr = dy + r * cols;
       float *dxr = dx + r * cols;
