@@ -1,6 +1,5 @@
 """ms_vit.optim.AdamW: torch.optim.AdamW's algorithm (bias correction, decoupled decay), step by step."""
 import numpy as np
-import mindspore as ms
 from mindspore import nn, Parameter, Tensor
 
 from ms_vit.optim import AdamW

@@ -14,8 +14,9 @@
   of a ViT-Ti/16 training step) and a 2-D transpose, for ``Linear``'s weight gradient.
 
 The library is compiled on first use into ``$MS_VIT_CACHE/kernels`` (default ``~/.cache/ms_vit/kernels``). If
-no compiler is available or the compilation fails, the ops below are ``None`` and the model keeps MindSpore's
-own operators: slower, same numbers. ``MS_VIT_FUSED_KERNELS=0`` turns the kernels off.
+no compiler is available or the compilation fails, the ``*_op()`` factories and ``linear()`` return ``None``
+and the model keeps MindSpore's own
+operators: slower, same numbers. ``MS_VIT_FUSED_KERNELS=0`` turns the kernels off.
 """
 import functools
 import hashlib
@@ -156,7 +157,7 @@ def softmax_op():
     return _custom("SoftmaxLastAxis", _same, _same, bprop)
 
 
-@functools.cache          # the ops below are shared by every Linear
+@functools.cache          # this op and the next two: parts of Linear (built only when the library is)
 def add_bias_op():
     """A Custom op ``(x (..., C), bias (C,)) -> x + bias`` for float32 CPU tensors (gradient: see ``Linear``)."""
     return _custom("AddBias", _same, _same)
