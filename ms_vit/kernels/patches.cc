@@ -33,26 +33,27 @@ void copy_patches(float *image, float *patches, int64_t b, int64_t c, int64_t s,
     }
   });
 }
+
+// Checks the shapes and copies: image (B, C, S, S) <-> patches (B, N, C*P*P), N = (S / P)^2. Returns 0 or 1.
+int run(float *image, const int64_t *image_shape, float *patches, const int64_t *patches_shape, bool to_patches) {
+  const int64_t b = image_shape[0], c = image_shape[1], s = image_shape[2], n = patches_shape[1];
+  const int64_t g = static_cast<int64_t>(std::sqrt(static_cast<double>(n)) + 0.5);
+  if (g * g != n || s % g != 0) return 1;
+  copy_patches(image, patches, b, c, s, s / g, to_patches);
+  return 0;
+}
 }  // namespace
 
-// params: image (B, C, S, S); patches (B, N, C*P*P). P from the output: C*P*P = patches' last dim.
+// params: image (B, C, S, S); patches (B, N, C*P*P).
 extern "C" int Patchify(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                         void *) {
   if (nparam != 2 || ndims[0] != 4 || ndims[1] != 3 || !all_float32(nparam, dtypes)) return 1;
-  const int64_t b = shapes[0][0], c = shapes[0][1], s = shapes[0][2];
-  const int64_t n = shapes[1][1], g = static_cast<int64_t>(std::sqrt(static_cast<double>(n)) + 0.5);
-  if (g * g != n || s % g != 0) return 1;
-  copy_patches(static_cast<float *>(params[0]), static_cast<float *>(params[1]), b, c, s, s / g, true);
-  return 0;
+  return run(static_cast<float *>(params[0]), shapes[0], static_cast<float *>(params[1]), shapes[1], true);
 }
 
 // The gradient of Patchify: params: dpatches (B, N, C*P*P), image (B, C, S, S) (for its shape); dimage.
 extern "C" int Unpatchify(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                           void *) {
-  if (nparam != 3 || ndims[1] != 4 || ndims[0] != 3 || !all_float32(nparam, dtypes)) return 1;
-  const int64_t b = shapes[1][0], c = shapes[1][1], s = shapes[1][2];
-  const int64_t n = shapes[0][1], g = static_cast<int64_t>(std::sqrt(static_cast<double>(n)) + 0.5);
-  if (g * g != n || s % g != 0) return 1;
-  copy_patches(static_cast<float *>(params[2]), static_cast<float *>(params[0]), b, c, s, s / g, false);
-  return 0;
+  if (nparam != 3 || ndims[0] != 3 || ndims[1] != 4 || !all_float32(nparam, dtypes)) return 1;
+  return run(static_cast<float *>(params[2]), shapes[1], static_cast<float *>(params[0]), shapes[0], false);
 }
