@@ -221,3 +221,19 @@ def test_patchify_kernel_matches_reshape(mode):
 
     np.testing.assert_array_equal(patches, to_patches(image))
     np.testing.assert_array_equal(to_patches(dimage), weights)
+
+
+def test_unwritable_cache_falls_back_to_mindspore_operators(tmp_path):
+    """A cache folder that cannot be created: one warning, the model still builds and runs (no kernels)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    script = ("import sys; sys.path.insert(0, %r); import numpy as np, mindspore as ms;"
+              "from ms_vit import create_model;"
+              "net = create_model('vit_ti_16_224', image_size=32, patch_size=8, depth=1, num_classes=3);"
+              "print(net.transformer.layers[0][0].cell[0].fused);"
+              "print(net(ms.Tensor(np.zeros((1, 3, 32, 32), np.float32))).shape)") % ROOT
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=dict(os.environ, MS_VIT_CACHE=str(blocker / "cache")))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["False", "(1,", "3)"]
+    assert "cannot write the fused CPU kernels" in run.stderr

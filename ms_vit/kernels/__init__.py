@@ -62,17 +62,23 @@ def compiled_library():
     source = b"".join(open(path, "rb").read() for path in _SOURCES + _HEADERS)
     key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
     target = os.path.join(_cache_dir(), f"ms_vit_kernels-{key}.so")
-    if not os.path.isfile(target):
+    if os.path.isfile(target):
+        return target
+    try:
         os.makedirs(_cache_dir(), exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
-        os.close(fd)
-        result = subprocess.run([compiler, *_FLAGS, *_SOURCES, "-o", tmp], capture_output=True, text=True)
-        if result.returncode != 0:
-            os.remove(tmp)
-            last = (result.stderr.strip().splitlines() or ["failed"])[-1]
-            logger.warning(f"ms_vit: compiling the fused CPU kernels failed ({last}); using MindSpore's operators")
-            return None
-        os.replace(tmp, target)          # atomic: concurrent processes never load a half-written library
+    except OSError as error:           # e.g. a read-only home: set MS_VIT_CACHE to a writable folder
+        logger.warning(f"ms_vit: cannot write the fused CPU kernels to {_cache_dir()} ({error.strerror}); "
+                       "using MindSpore's operators (set MS_VIT_CACHE to a writable folder)")
+        return None
+    os.close(fd)
+    result = subprocess.run([compiler, *_FLAGS, *_SOURCES, "-o", tmp], capture_output=True, text=True)
+    if result.returncode != 0:
+        os.remove(tmp)
+        last = (result.stderr.strip().splitlines() or ["failed"])[-1]
+        logger.warning(f"ms_vit: compiling the fused CPU kernels failed ({last}); using MindSpore's operators")
+        return None
+    os.replace(tmp, target)            # atomic: concurrent processes never load a half-written library
     return target
 
 
