@@ -93,11 +93,19 @@ def _same(x, *rest):
     return x
 
 
-@functools.cache          # one op shared by every FeedForward
+def _kernel_op(factory):
+    """Caches ``factory``'s op (one op shared by every cell that uses it, one per argument) and makes it None
+    when the library cannot be built here."""
+    @functools.cache
+    @functools.wraps(factory)
+    def build(*args):
+        return None if compiled_library() is None else factory(*args)
+    return build
+
+
+@_kernel_op
 def gelu_erf_op():
     """A Custom op computing the exact GELU of a float32 tensor on CPU (with its gradient), or None."""
-    if compiled_library() is None:
-        return None
     grad = _custom("GeluErfGrad", _same, _same)
 
     def bprop(x, out, dout):
@@ -106,12 +114,10 @@ def gelu_erf_op():
     return _custom("GeluErf", _same, _same, bprop)
 
 
-@functools.cache          # one op shared by every LayerNorm
+@_kernel_op
 def layer_norm_op():
     """A Custom op ``(x, gamma, beta, eps) -> LayerNorm over the last axis`` for float32 CPU tensors (with its
     gradient; ``eps`` a float32 tensor of shape (1,)), or None."""
-    if compiled_library() is None:
-        return None
     grad = _custom("LayerNormLastAxisGrad", lambda x, g, e, dy: (x, g, g), lambda x, g, e, dy: (x, g, g))
 
     def bprop(x, gamma, beta, eps, out, dout):
@@ -121,12 +127,10 @@ def layer_norm_op():
     return _custom("LayerNormLastAxis", _same, _same, bprop)
 
 
-@functools.cache          # one op shared by every Attention
+@_kernel_op
 def split_heads_op():
     """A Custom op ``qkv (B, N, 3, H, d) -> q * d ** -0.5, k, v``, each (B, H, N, d), for float32 CPU tensors
     (with its gradient), or None."""
-    if compiled_library() is None:
-        return None
     grad = _custom("SplitHeadsGrad", lambda dq, dk, dv: (dq[0], dq[2], 3, dq[1], dq[3]), _same)
 
     def bprop(qkv, out, dout):
@@ -136,11 +140,9 @@ def split_heads_op():
     return _custom("SplitHeads", heads, lambda qkv: (qkv, qkv, qkv), bprop)
 
 
-@functools.cache          # one op shared by every Attention
+@_kernel_op
 def swap_middle_axes_op():
     """A Custom op ``(A, B, C, d) -> (A, C, B, d)`` for float32 CPU tensors (its own gradient), or None."""
-    if compiled_library() is None:
-        return None
     swapped = lambda x: (x[0], x[2], x[1], x[3])  # noqa: E731
     swap = _custom("SwapMiddleAxes", swapped, _same)
 
@@ -150,11 +152,9 @@ def swap_middle_axes_op():
     return _custom("SwapMiddleAxes", swapped, _same, bprop)
 
 
-@functools.cache          # one op shared by every Attention
+@_kernel_op
 def softmax_op():
     """A Custom op computing the softmax over the last axis of a float32 CPU tensor (with its gradient), or None."""
-    if compiled_library() is None:
-        return None
     grad = _custom("SoftmaxLastAxisGrad", _same, _same)
 
     def bprop(x, out, dout):
@@ -163,19 +163,19 @@ def softmax_op():
     return _custom("SoftmaxLastAxis", _same, _same, bprop)
 
 
-@functools.cache          # this op and the next two: parts of Linear (built only when the library is)
+@_kernel_op
 def add_bias_op():
     """A Custom op ``(x (..., C), bias (C,)) -> x + bias`` for float32 CPU tensors (gradient: see ``Linear``)."""
     return _custom("AddBias", _same, _same)
 
 
-@functools.cache
+@_kernel_op
 def sum_rows_op():
     """A Custom op ``dy (..., C) -> (C,)``: the sum over all but the last axis (the bias gradient)."""
     return _custom("SumToLastAxis", lambda dy: dy[-1:], _same)
 
 
-@functools.cache
+@_kernel_op
 def transpose_op():
     """A Custom op ``(R, C) -> (C, R)`` for float32 CPU matrices."""
     return _custom("Transpose2D", lambda x: (x[1], x[0]), _same)
@@ -217,12 +217,10 @@ def linear(out_features: int, in_features: int):
     return None if compiled_library() is None else Linear(out_features, in_features)
 
 
-@functools.cache          # one op per patch size
+@_kernel_op
 def patchify_op(patch_size: int):
     """A Custom op ``image (B, C, S, S) -> patches (B, (S/P)^2, C*P*P)``, rows of a patch in (C, P, P) order,
     for float32 CPU tensors (with its gradient), or None."""
-    if compiled_library() is None:
-        return None
     p = patch_size
     unpatchify = _custom("Unpatchify", lambda patches, image: image, _same)
 

@@ -50,4 +50,12 @@ int parallel_for(int64_t n, int64_t min_block, Body body) {
   return workers;
 }
 
+// Runs body(r) for r in [0, rows) over threads, each r a unit of floats_per_row floats of work.
+template <typename Body>
+void for_each_row(int64_t rows, int64_t floats_per_row, Body body) {
+  parallel_for(rows, min_items(floats_per_row), [&](int, int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) body(r);
+  });
+}
+
 }  // namespace ms_vit

@@ -19,13 +19,11 @@ extern "C" int AddBias(int nparam, void **params, int *ndims, int64_t **shapes, 
   const float *bias = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
-  ms_vit::parallel_for(rows, min_items(cols), [=](int, int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float *xr = x + r * cols;
-      float *yr = y + r * cols;
+  ms_vit::for_each_row(rows, cols, [=](int64_t r) {
+    const float *xr = x + r * cols;
+    float *yr = y + r * cols;
 #pragma omp simd
-      for (int64_t j = 0; j < cols; ++j) yr[j] = xr[j] + bias[j];
-    }
+    for (int64_t j = 0; j < cols; ++j) yr[j] = xr[j] + bias[j];
   });
   return 0;
 }
@@ -63,14 +61,12 @@ extern "C" int Transpose2D(int nparam, void **params, int *ndims, int64_t **shap
   const int64_t rows = shapes[0][0], cols = shapes[0][1];
   constexpr int64_t kTile = 32;
   const int64_t row_tiles = (rows + kTile - 1) / kTile;
-  ms_vit::parallel_for(row_tiles, ms_vit::min_items(kTile * cols), [=](int, int64_t begin, int64_t end) {
-    for (int64_t rt = begin; rt < end; ++rt) {
-      const int64_t r0 = rt * kTile, r1 = std::min(rows, r0 + kTile);
-      for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
-        const int64_t c1 = std::min(cols, c0 + kTile);
-        for (int64_t c = c0; c < c1; ++c)
-          for (int64_t r = r0; r < r1; ++r) y[c * rows + r] = x[r * cols + c];
-      }
+  ms_vit::for_each_row(row_tiles, kTile * cols, [=](int64_t rt) {
+    const int64_t r0 = rt * kTile, r1 = std::min(rows, r0 + kTile);
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+      const int64_t c1 = std::min(cols, c0 + kTile);
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = r0; r < r1; ++r) y[c * rows + r] = x[r * cols + c];
     }
   });
   return 0;

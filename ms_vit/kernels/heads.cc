@@ -13,14 +13,6 @@
 using ms_vit::all_float32;
 
 namespace {
-// Runs body(o) for o in [0, outer) over threads (floats_per_outer floats each).
-template <typename Body>
-void for_each_outer(int64_t outer, int64_t floats_per_outer, Body body) {
-  ms_vit::parallel_for(outer, ms_vit::min_items(floats_per_outer), [&](int, int64_t begin, int64_t end) {
-    for (int64_t o = begin; o < end; ++o) body(o);
-  });
-}
-
 // d^-0.5 rounded to float32, as the model's Python float scale is when it multiplies a float32 tensor.
 inline float attention_scale(int64_t d) { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(d))); }
 
@@ -39,7 +31,7 @@ extern "C" int SplitHeads(int nparam, void **params, int *ndims, int64_t **shape
                    static_cast<float *>(params[3])};
   const int64_t b = shapes[0][0], n = shapes[0][1], h = shapes[0][3], d = shapes[0][4];
   const float scale = attention_scale(d);
-  for_each_outer(b * n, 3 * h * d, [=](int64_t bn) {
+  ms_vit::for_each_row(b * n, 3 * h * d, [=](int64_t bn) {
     const int64_t i = bn / n, t = bn % n;
     const float *src = qkv + bn * 3 * h * d;
     for (int part = 0; part < 3; ++part) {
@@ -66,7 +58,7 @@ extern "C" int SplitHeadsGrad(int nparam, void **params, int *ndims, int64_t **s
   float *dqkv = static_cast<float *>(params[3]);
   const int64_t b = shapes[0][0], h = shapes[0][1], n = shapes[0][2], d = shapes[0][3];
   const float scale = attention_scale(d);
-  for_each_outer(b * n, 3 * h * d, [=](int64_t bn) {
+  ms_vit::for_each_row(b * n, 3 * h * d, [=](int64_t bn) {
     const int64_t i = bn / n, t = bn % n;
     float *dst = dqkv + bn * 3 * h * d;
     for (int part = 0; part < 3; ++part) {
@@ -92,7 +84,7 @@ extern "C" int SwapMiddleAxes(int nparam, void **params, int *ndims, int64_t **s
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
   const int64_t a = shapes[0][0], b = shapes[0][1], c = shapes[0][2], d = shapes[0][3];
-  for_each_outer(a * c, b * d, [=](int64_t ac) {          // one output block (i, k, :, :) per outer index
+  ms_vit::for_each_row(a * c, b * d, [=](int64_t ac) {  // output block (i, k, :, :)
     const int64_t i = ac / c, k = ac % c;
     float *dst = y + ac * b * d;
     for (int64_t j = 0; j < b; ++j) std::memcpy(dst + j * d, x + ((i * b + j) * c + k) * d, d * sizeof(float));

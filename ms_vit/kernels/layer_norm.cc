@@ -37,15 +37,13 @@ extern "C" int LayerNormLastAxis(int nparam, void **params, int *ndims, int64_t 
   const float eps = *static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
-  ms_vit::parallel_for(rows, min_items(cols), [=](int, int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float *xr = x + r * cols;
-      float *yr = y + r * cols;
-      float mean, rstd;
-      row_stats(xr, cols, eps, &mean, &rstd);
+  ms_vit::for_each_row(rows, cols, [=](int64_t r) {
+    const float *xr = x + r * cols;
+    float *yr = y + r * cols;
+    float mean, rstd;
+    row_stats(xr, cols, eps, &mean, &rstd);
 #pragma omp simd
-      for (int64_t j = 0; j < cols; ++j) yr[j] = (xr[j] - mean) * rstd * gamma[j] + beta[j];
-    }
+    for (int64_t j = 0; j < cols; ++j) yr[j] = (xr[j] - mean) * rstd * gamma[j] + beta[j];
   });
   return 0;
 }

@@ -13,20 +13,18 @@ namespace {
 // Copies between image (B, C, S, S) and patches (B, g*g, C*P*P), g = S / P; to_patches picks the direction.
 void copy_patches(float *image, float *patches, int64_t b, int64_t c, int64_t s, int64_t p, bool to_patches) {
   const int64_t g = s / p;
-  ms_vit::parallel_for(b * g, ms_vit::min_items(g * c * p * p), [=](int, int64_t begin, int64_t end) {
-    for (int64_t bgy = begin; bgy < end; ++bgy) {                 // one row of patches of one image
-      const int64_t i = bgy / g, gy = bgy % g;
-      for (int64_t gx = 0; gx < g; ++gx) {
-        float *patch = patches + ((i * g + gy) * g + gx) * c * p * p;
-        for (int64_t ch = 0; ch < c; ++ch) {
-          for (int64_t py = 0; py < p; ++py) {
-            float *pixels = image + ((i * c + ch) * s + gy * p + py) * s + gx * p;
-            float *row = patch + (ch * p + py) * p;
-            if (to_patches) {
-              std::memcpy(row, pixels, p * sizeof(float));
-            } else {
-              std::memcpy(pixels, row, p * sizeof(float));
-            }
+  ms_vit::for_each_row(b * g, g * c * p * p, [=](int64_t bgy) {  // one row of patches of one image
+    const int64_t i = bgy / g, gy = bgy % g;
+    for (int64_t gx = 0; gx < g; ++gx) {
+      float *patch = patches + ((i * g + gy) * g + gx) * c * p * p;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        for (int64_t py = 0; py < p; ++py) {
+          float *pixels = image + ((i * c + ch) * s + gy * p + py) * s + gx * p;
+          float *row = patch + (ch * p + py) * p;
+          if (to_patches) {
+            std::memcpy(row, pixels, p * sizeof(float));
+          } else {
+            std::memcpy(pixels, row, p * sizeof(float));
           }
         }
       }

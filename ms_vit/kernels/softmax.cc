@@ -8,7 +8,6 @@
 #include "common.h"
 
 using ms_vit::all_float32;
-using ms_vit::min_items;
 using ms_vit::rows_of;
 
 // params: x (..., N); y (..., N).
@@ -18,23 +17,21 @@ extern "C" int SoftmaxLastAxis(int nparam, void **params, int *ndims, int64_t **
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
-  ms_vit::parallel_for(rows, min_items(cols), [=](int, int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float *xr = x + r * cols;
-      float *yr = y + r * cols;
-      float top = -INFINITY;
+  ms_vit::for_each_row(rows, cols, [=](int64_t r) {
+    const float *xr = x + r * cols;
+    float *yr = y + r * cols;
+    float top = -INFINITY;
 #pragma omp simd reduction(max : top)
-      for (int64_t j = 0; j < cols; ++j) top = std::max(top, xr[j]);
-      float sum = 0.f;
+    for (int64_t j = 0; j < cols; ++j) top = std::max(top, xr[j]);
+    float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < cols; ++j) {
-        yr[j] = std::exp(xr[j] - top);
-        sum += yr[j];
-      }
-      const float inv = 1.0f / sum;
-#pragma omp simd
-      for (int64_t j = 0; j < cols; ++j) yr[j] *= inv;
+    for (int64_t j = 0; j < cols; ++j) {
+      yr[j] = std::exp(xr[j] - top);
+      sum += yr[j];
     }
+    const float inv = 1.0f / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) yr[j] *= inv;
   });
   return 0;
 }
@@ -47,16 +44,14 @@ extern "C" int SoftmaxLastAxisGrad(int nparam, void **params, int *ndims, int64_
   const float *dy = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[2]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
-  ms_vit::parallel_for(rows, min_items(cols), [=](int, int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float *yr = y + r * cols, *dyr = dy + r * cols;
-      float *dxr = dx + r * cols;
-      float dot = 0.f;
+  ms_vit::for_each_row(rows, cols, [=](int64_t r) {
+    const float *yr = y + r * cols, *dyr = dy + r * cols;
+    float *dxr = dx + r * cols;
+    float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-      for (int64_t j = 0; j < cols; ++j) dot += dyr[j] * yr[j];
+    for (int64_t j = 0; j < cols; ++j) dot += dyr[j] * yr[j];
 #pragma omp simd
-      for (int64_t j = 0; j < cols; ++j) dxr[j] = yr[j] * (dyr[j] - dot);
-    }
+    for (int64_t j = 0; j < cols; ++j) dxr[j] = yr[j] * (dyr[j] - dot);
   });
   return 0;
 }
