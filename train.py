@@ -10,17 +10,19 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from ms_vit import checkpoint, cli, create_model, data, device   # first: sets MindSpore's log level
 import mindspore as ms
 from mindspore import nn
-from mindspore.train import Model, LossMonitor, TimeMonitor, ModelCheckpoint, CheckpointConfig, Callback
+from mindspore.train import Model, ModelCheckpoint, CheckpointConfig, Callback
 
 from ms_vit.evaluate import evaluate
 from ms_vit.factory import build_model
 from ms_vit.loss import LabelSmoothingCrossEntropy
 from ms_vit.lr import cosine_lr
 from ms_vit.optim import AdamW
+from ms_vit.progress import Progress, format_duration
 
 
 def build_parser():
@@ -28,12 +30,17 @@ def build_parser():
     g = p.add_argument_group("data")
     g.add_argument("--data_dir", required=True, help="dataset root with train/ and val/ class folders")
     g.add_argument("--num_classes", type=int, help="head size (default: the number of class folders in train/)")
-    g.add_argument("--batch_size", type=int, default=64, help="per device (default: %(default)s)")
+    g.add_argument("--batch_size", type=int, default=64,
+                   help="per device; the global batch is workers x batch_size (default: %(default)s)")
     g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="parallel data workers (default: %(default)s)")
     g.add_argument("--min_crop_scale", type=float, default=0.08,
                    help="smallest area fraction of the random resized crop (default: %(default)s)")
     g.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability (default: %(default)s)")
+    g.add_argument("--no_augment", action="store_true",
+                   help="train on the evaluation transform (resize, centre crop): for reproducibility checks")
+    g.add_argument("--no_shuffle", action="store_true",
+                   help="read the training images in folder order every epoch: for reproducibility checks")
     g = p.add_argument_group("model")
     g.add_argument("--model", help="variant, e.g. vit_b_16_224, vit_ti_16_224 (default: vit_b_16_224, or the "
                    "variant recorded in --pretrained/--resume)")
@@ -50,7 +57,8 @@ def build_parser():
     g.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw",
                    help="adamw: decoupled weight decay with bias correction, as timm; adam: L2 weight decay "
                         "(default: %(default)s)")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=1e-3,
+                   help="peak learning rate, for the global batch (default: %(default)s)")
     g.add_argument("--min_lr", type=float, default=1e-6, help="final learning rate (default: %(default)s)")
     g.add_argument("--warmup_epochs", type=float, default=1.0, help="linear warm-up (default: %(default)s)")
     g.add_argument("--weight_decay", type=float, default=0.05,
@@ -59,11 +67,15 @@ def build_parser():
     g.add_argument("--label_smoothing", type=float, default=0.1, help="(default: %(default)s)")
     g = p.add_argument_group("run")
     g.add_argument("--ckpt_save_dir", default="outputs/train", help="(default: %(default)s)")
+    g.add_argument("--log_interval", type=int, default=100,
+                   help="steps between progress lines, at most 4 per epoch apart (default: %(default)s)")
     g.add_argument("--keep_checkpoint_max", type=int, default=2, help="epoch checkpoints kept (default: %(default)s)")
     cli.add_device_args(p)
     g.add_argument("--amp_level", choices=list(device.AMP_LEVELS),
                    help="mixed precision (default: O2 with loss scaling on Ascend, O0 on CPU and GPU)")
-    g.add_argument("--distribute", action="store_true", help="data-parallel over the devices launched by msrun")
+    g.add_argument("--distribute", action="store_true",
+                   help="data-parallel over the processes started by msrun (one per device): "
+                        f"{device.LAUNCH_HINT}")
     g.add_argument("--seed", type=int, default=42, help="(default: %(default)s)")
     return p
 
@@ -76,24 +88,33 @@ def param_groups(net, weight_decay):
 
 
 class EvaluateAndKeepBest(Callback):
-    """After each epoch: top-1/top-5 on the validation set; the best epoch saved as ``best.ckpt``."""
+    """After each epoch: top-1/top-5 on the validation set; the best epoch saved as ``best.ckpt``.
 
-    def __init__(self, net, val_dataset, save_dir, meta, best_top1=-1.0):
+    Under data parallelism every rank evaluates its shard of the validation set and the counts are summed
+    (``evaluate(across_ranks=True)``); only the writer (rank 0) prints and writes files."""
+
+    def __init__(self, net, val_dataset, save_dir, meta, writer=True, across_ranks=False, best_top1=-1.0):
         super().__init__()
         self.net, self.val_dataset, self.save_dir, self.meta = net, val_dataset, save_dir, meta
+        self.writer, self.across_ranks = writer, across_ranks
         self.best_top1 = best_top1
         self.history = []
 
     def on_train_epoch_end(self, run_context):
         epoch = run_context.original_args().cur_epoch_num
-        metrics = evaluate(self.net, self.val_dataset)
+        start = time.time()
+        metrics = evaluate(self.net, self.val_dataset, across_ranks=self.across_ranks)
+        seconds = time.time() - start
         self.net.set_train(True)
         self.history.append(dict(metrics, epoch=epoch))
         improved = metrics["top1"] > self.best_top1
-        print(f"epoch {epoch}: val top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f} loss {metrics['loss']:.4f} "
-              f"({metrics['num_images']} images){'  best so far' if improved else ''}", flush=True)
         if improved:
             self.best_top1 = metrics["top1"]
+        if not self.writer:
+            return
+        print(f"epoch {epoch}: val top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f} loss {metrics['loss']:.4f} "
+              f"({metrics['num_images']} images, {seconds:.1f} s){'  best so far' if improved else ''}", flush=True)
+        if improved:
             checkpoint.save(self.net, os.path.join(self.save_dir, "best.ckpt"),
                             meta=dict(self.meta, epoch=epoch, metrics=metrics))
         with open(os.path.join(self.save_dir, "val_history.json"), "w") as f:
@@ -110,6 +131,9 @@ def main(argv=None):
     classes = data.list_classes(train_dir)
     num_train = data.scan_split(train_dir)
     num_val = data.scan_split(val_dir, classes)
+    if num_val < group_size:
+        raise ValueError(f"{num_val} validation images cannot be shared by {group_size} workers: each evaluates "
+                         "its shard")
     num_classes = args.num_classes or len(classes)
     classes = data.resolve_classes(classes, num_classes, train_dir)    # ImageNet wnids keep their standard index
 
@@ -130,12 +154,17 @@ def main(argv=None):
     shard = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
     train_ds = data.create_dataset(train_dir, classes, config, args.batch_size, training=True,
                                    num_workers=args.num_workers, min_crop_scale=args.min_crop_scale,
-                                   hflip=args.hflip, **shard)
+                                   hflip=args.hflip, augment=not args.no_augment, shuffle=not args.no_shuffle,
+                                   **shard)
     val_ds = data.create_dataset(val_dir, classes, config, args.batch_size, training=False,
-                                 num_workers=args.num_workers)
-    steps = train_ds.get_dataset_size()
+                                 num_workers=args.num_workers, **shard)
+    steps = train_ds.get_dataset_size()         # per rank = global steps: every rank takes each step together
+    global_batch = group_size * args.batch_size
+    batches = f"{group_size} workers x {args.batch_size} = global batch {global_batch}" if group_size > 1 \
+        else f"batch {args.batch_size}"
     if steps == 0:
-        raise ValueError(f"{num_train} training images make no full batch of {args.batch_size}: lower --batch_size")
+        raise ValueError(f"{num_train} training images make no full step of {batches}: lower --batch_size"
+                         + (" or the number of workers" if group_size > 1 else ""))
     if start_epoch >= args.epoch_size:
         raise ValueError(f"{args.resume} already finished epoch {start_epoch} of --epoch_size {args.epoch_size}")
 
@@ -152,21 +181,28 @@ def main(argv=None):
     model = Model(net, loss_fn=loss_fn, optimizer=optimizer, amp_level=amp_level,
                   loss_scale_manager=device.loss_scale_manager(amp_level))
 
-    os.makedirs(args.ckpt_save_dir, exist_ok=True)
+    writer = rank == 0                         # one writer: rank 0 alone prints and writes --ckpt_save_dir
+    if writer:
+        os.makedirs(args.ckpt_save_dir, exist_ok=True)
     meta = {"config": config.to_dict(), "classes": classes, "class_names": names}
     saved_every_epoch = CheckpointConfig(save_checkpoint_steps=steps, keep_checkpoint_max=args.keep_checkpoint_max,
                                          append_info=["epoch_num", "step_num", {checkpoint.META_KEY: json.dumps(meta)}])
-    keep_best = EvaluateAndKeepBest(net, val_ds, args.ckpt_save_dir, meta)
-    callbacks = [LossMonitor(per_print_times=max(1, steps // 4)), TimeMonitor(data_size=steps), keep_best]
-    if rank == 0:
-        callbacks.insert(2, ModelCheckpoint(prefix="vit", directory=args.ckpt_save_dir, config=saved_every_epoch))
-    print(f"training {checkpoint.describe(config)} ({sum(p.size for p in net.trainable_params()):,} parameters) "
-          f"on {target}, AMP {amp_level}, {args.mode} mode: {num_train} train / {num_val} val images, "
-          f"{steps} steps of {args.batch_size} per epoch, epochs {start_epoch + 1}..{args.epoch_size}", flush=True)
+    keep_best = EvaluateAndKeepBest(net, val_ds, args.ckpt_save_dir, meta, writer, across_ranks=group_size > 1)
+    progress = Progress(steps, args.epoch_size, global_batch, lrs, min(args.log_interval, max(1, steps // 4)),
+                        writer, across_ranks=group_size > 1)
+    callbacks = [progress, keep_best]
+    if writer:
+        callbacks.insert(1, ModelCheckpoint(prefix="vit", directory=args.ckpt_save_dir, config=saved_every_epoch))
+        print(f"training {checkpoint.describe(config)} ({sum(p.size for p in net.trainable_params()):,} parameters) "
+              f"on {target}, AMP {amp_level}, {args.mode} mode: {num_train} train / {num_val} val images, "
+              f"{steps} steps of {batches} per epoch, epochs {start_epoch + 1}..{args.epoch_size}", flush=True)
     model.train(args.epoch_size, train_ds, callbacks=callbacks, dataset_sink_mode=target != "CPU",
                 initial_epoch=start_epoch)
+    if not writer:
+        return 0
     best = keep_best.history and max(keep_best.history, key=lambda m: m["top1"])
-    print(f"best val top-1 {best['top1']:.4f} top-5 {best['top5']:.4f} (epoch {best['epoch']}): "
+    print(f"trained epochs {start_epoch + 1}..{args.epoch_size} in {format_duration(progress.elapsed())}; "
+          f"best val top-1 {best['top1']:.4f} top-5 {best['top5']:.4f} (epoch {best['epoch']}): "
           f"{os.path.join(args.ckpt_save_dir, 'best.ckpt')}")
     return 0
 

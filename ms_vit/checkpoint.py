@@ -57,6 +57,11 @@ def read(path: str):
     return params, meta
 
 
+def network_params(params: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The entries of a checkpoint that belong to the network (not optimizer state or bookkeeping)."""
+    return {k: v for k, v in params.items() if _MODEL_KEY.match(k)}
+
+
 def config_from_shapes(shapes: Dict[str, tuple], **known) -> ViTConfig:
     """Infer a ``ViTConfig`` from parameter shapes (names in ms_vit's layout).
 
@@ -133,7 +138,7 @@ def load_into(net: nn.Cell, params: Dict[str, np.ndarray], source: str = "checkp
     the variant that the checkpoint holds.
     """
     net_params = {p.name: p for p in net.get_parameters()}
-    model_params = {k: v for k, v in params.items() if _MODEL_KEY.match(k)}
+    model_params = network_params(params)
     to_load = dict(model_params)
     notes = []
     ckpt_head = model_params.get("dense.weight")

@@ -136,14 +136,27 @@ def _to_tensor(config):
 
 def create_dataset(split_dir: str, classes: List[str], config: ViTConfig, batch_size: int, training: bool,
                    num_workers: int = 2, num_shards: Optional[int] = None, shard_id: Optional[int] = None,
-                   min_crop_scale: float = 0.08, hflip: float = 0.5):
+                   min_crop_scale: float = 0.08, hflip: float = 0.5, augment: bool = True, shuffle: bool = True):
     """A batched ``ImageFolderDataset`` of (image float32 (B, C, S, S), label int32 (B,)).
 
-    Training shuffles and drops the last partial batch; evaluation keeps every image in order."""
-    dataset = ds.ImageFolderDataset(split_dir, shuffle=training, extensions=list(_all_cases(IMAGE_EXTENSIONS)),
-                                    class_indexing={c: i for i, c in enumerate(classes)},
-                                    num_parallel_workers=num_workers, num_shards=num_shards, shard_id=shard_id)
-    transforms = train_transforms(config, min_crop_scale, hflip) if training else eval_transforms(config)
+    Training shuffles (unless ``shuffle=False``: the folder order), augments (unless ``augment=False``: the
+    evaluation transform) and drops the last partial batch; evaluation keeps every image in order.
+
+    With ``num_shards`` (data-parallel ranks), rank ``shard_id`` reads its own shard: for training MindSpore's
+    distributed sampler (shards disjoint in every epoch when every rank has the same dataset seed, padded to
+    equal size so that every rank runs the same number of steps); for evaluation images
+    ``shard_id, shard_id + num_shards, ...``, so that the shards together hold every image exactly once."""
+    common = dict(extensions=list(_all_cases(IMAGE_EXTENSIONS)), class_indexing={c: i for i, c in enumerate(classes)},
+                  num_parallel_workers=num_workers)
+    if training or not num_shards:
+        dataset = ds.ImageFolderDataset(split_dir, shuffle=training and shuffle, num_shards=num_shards,
+                                        shard_id=shard_id, **common)
+    else:
+        total = ds.ImageFolderDataset(split_dir, **common).get_dataset_size()
+        dataset = ds.ImageFolderDataset(split_dir, sampler=ds.SubsetSampler(list(range(shard_id, total, num_shards))),
+                                        **common)
+    transforms = (train_transforms(config, min_crop_scale, hflip) if training and augment
+                  else eval_transforms(config))
     dataset = dataset.map(transforms, input_columns="image", num_parallel_workers=num_workers)
     dataset = dataset.map(lambda x: x.astype(np.int32), input_columns="label")
     return dataset.batch(batch_size, drop_remainder=training)

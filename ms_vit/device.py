@@ -3,13 +3,20 @@
 AMP policy: O2 (float16 compute; LayerNorm, softmax and loss in float32) with dynamic loss scaling on
 Ascend, where float16 Cube units are several times faster; O0 (float32) on CPU and GPU.
 """
+import os
 from typing import Optional, Tuple
 
 import mindspore as ms
+import mindspore.dataset as ds
 from mindspore.train import DynamicLossScaleManager
 
 DEVICES = ("Ascend", "GPU", "CPU")
 AMP_LEVELS = ("O0", "O1", "O2", "O3")
+# Set by the launchers MindSpore's init() understands: msrun (and its dynamic cluster), an Ascend rank table,
+# OpenMPI's mpirun.
+_LAUNCHER_VARIABLES = ("MS_ROLE", "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH", "OMPI_COMM_WORLD_SIZE")
+LAUNCH_HINT = ("msrun --worker_num=N --local_worker_num=N --master_port=PORT --log_dir=LOGS --join=True "
+               "train.py --distribute ...")
 
 
 def available_device() -> str:
@@ -32,8 +39,14 @@ def setup(device_target: Optional[str] = None, mode: str = "graph", amp_level: O
           seed: Optional[int] = None, distribute: bool = False) -> Tuple[str, str, int, int]:
     """Select the device and execution mode; returns ``(device_target, amp_level, rank, group_size)``.
 
-    With ``distribute``, initialises the collective backend (HCCL on Ascend, NCCL on GPU; launched by
-    ``msrun``) in data-parallel mode with gradient averaging."""
+    ``seed`` seeds MindSpore's initialisers and the dataset pipeline (shuffling, augmentation): under
+    ``distribute`` every rank must shuffle with the same seed for the shards to stay disjoint.
+
+    With ``distribute``, initialises the collective backend (HCCL on Ascend, NCCL on GPU, MindSpore's own TCP
+    collectives on CPU), as started by ``msrun``, in data-parallel mode with gradient averaging."""
+    if distribute and not any(v in os.environ for v in _LAUNCHER_VARIABLES):
+        raise ValueError(f"--distribute runs one process per device, started by MindSpore's launcher: {LAUNCH_HINT} "
+                         "(the virtual environment's bin/ first on PATH)")
     target = device_target or available_device()
     if target not in DEVICES:
         raise ValueError(f"unknown device_target {target!r}: choose one of {', '.join(DEVICES)}")
@@ -44,6 +57,7 @@ def setup(device_target: Optional[str] = None, mode: str = "graph", amp_level: O
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     if seed is not None:
         ms.set_seed(seed)
+        ds.config.set_seed(seed)
     rank, group_size = 0, 1
     if distribute:
         from mindspore.communication import init, get_rank, get_group_size

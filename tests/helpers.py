@@ -23,3 +23,26 @@ def assert_clean_error(result, *fragments):
     assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, (fragment, result.stderr)
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_msrun(script_args, log_dir, workers=2, timeout=300):
+    """``msrun --worker_num=W --local_worker_num=W --master_port=PORT --log_dir=LOGS --join=True <script_args>`` as
+    the README says: msrun starts its workers with the ``python`` on PATH, so this interpreter's bin/ goes first."""
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PYTHONPATH=ROOT, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
+    command = [os.path.join(bin_dir, "msrun"), f"--worker_num={workers}", f"--local_worker_num={workers}",
+               f"--master_port={free_port()}", f"--log_dir={log_dir}", "--join=True", *script_args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def worker_log(log_dir, rank):
+    """What a worker printed, without MindSpore's own [INFO]/[WARNING] lines."""
+    with open(os.path.join(log_dir, f"worker_{rank}.log")) as f:
+        return "".join(line for line in f if not line.startswith("["))

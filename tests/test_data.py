@@ -101,3 +101,43 @@ def test_imagenet_subset_keeps_standard_indices(imagenet_sample):
     assert data.resolve_classes(["a", "b"], 2, "x") == ["a", "b"]
     with pytest.raises(DatasetError, match="has 2 class folders, the model 3 classes"):
         data.resolve_classes(["a", "b"], 3, "x")
+
+
+def _grey_images(root, count):
+    """``count`` uniform PNG images, image i of grey level 20 * i, in two class folders."""
+    from PIL import Image
+    for i in range(count):
+        folder = root / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), (20 * i,) * 3).save(folder / f"{i:02d}.png")
+    return str(root)
+
+
+def _images_read(dataset, epochs):
+    """Per epoch, the grey-level ids of the images read (uniform images stay uniform under crops and flips)."""
+    iterator = dataset.create_tuple_iterator(num_epochs=epochs, output_numpy=True)
+    mean, std = CONFIG.mean[0] * 255, CONFIG.std[0] * 255
+    return [sorted(int(round((grey * std + mean) / 20)) for images, _ in iterator for grey in images[:, 0, 0, 0])
+            for _ in range(epochs)]
+
+
+def test_training_shards_are_disjoint_in_every_epoch(tmp_path):
+    """Data parallelism: with the same dataset seed on every rank, the shuffled shards of an epoch do not overlap
+    (11 images: each of 2 shards is padded to 6, so exactly one image is read twice)."""
+    import mindspore.dataset as ds
+    split = _grey_images(tmp_path / "train", 11)
+    ds.config.set_seed(7)
+    epochs = [_images_read(data.create_dataset(split, ["a", "b"], CONFIG, 1, training=True, num_workers=1,
+                                               num_shards=2, shard_id=rank), 3) for rank in range(2)]
+    for epoch in range(3):
+        first, second = epochs[0][epoch], epochs[1][epoch]
+        assert len(first) == len(second) == 6
+        assert set(first) | set(second) == set(range(11)) and len(set(first) & set(second)) == 1
+    assert epochs[0][0] != epochs[0][1] or epochs[0][1] != epochs[0][2]          # reshuffled between epochs
+
+
+def test_evaluation_shards_hold_every_image_once(tmp_path):
+    split = _grey_images(tmp_path / "val", 11)
+    shards = [_images_read(data.create_dataset(split, ["a", "b"], CONFIG, 4, training=False, num_workers=1,
+                                               num_shards=2, shard_id=rank), 1)[0] for rank in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(11)) and len(shards[0]) == 6 and len(shards[1]) == 5

@@ -237,3 +237,19 @@ def test_unwritable_cache_falls_back_to_mindspore_operators(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["False", "(1,", "3)"]
     assert "cannot write the fused CPU kernels" in run.stderr
+
+
+def test_processes_starting_together_compile_the_kernels_once(tmp_path):
+    """msrun's workers on a fresh machine: the first compiles, the others wait for it and load its library."""
+    script = ("import logging, sys; sys.path.insert(0, %r); logging.basicConfig(level=logging.INFO);"
+              "from ms_vit import kernels; print(kernels.compiled_library())") % ROOT
+    env = dict(os.environ, MS_VIT_CACHE=str(tmp_path / "cache"))
+    workers = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env) for _ in range(3)]
+    results = [worker.communicate(timeout=300) for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), results
+    libraries = {out.strip() for out, _ in results}
+    assert len(libraries) == 1 and os.path.isfile(libraries.pop())
+    assert sum("compiling the fused CPU kernels" in err for _, err in results) == 1
+    assert [f for f in os.listdir(tmp_path / "cache" / "kernels") if f.endswith(".so")] == \
+        [os.path.basename(out.strip()) for out, _ in results[:1]]          # no leftover partial files

@@ -28,8 +28,8 @@ def trained(imagenet_sample, tmp_path_factory):
 def test_train_reports_and_keeps_checkpoints(trained):
     log = trained["first"].stdout
     assert "training ViT(dim 48, depth 2, patch 8, image 32) with 19 classes" in log
-    assert "20 train / 20 val images, 2 steps of 8 per epoch, epochs 1..1" in log
-    assert "epoch 1: val top-1" in log and "(20 images)" in log
+    assert "20 train / 20 val images, 2 steps of batch 8 per epoch, epochs 1..1" in log
+    assert "epoch 1: val top-1" in log and "(20 images, " in log
     history = json.load(open(os.path.join(trained["dir"], "val_history.json")))
     assert [h["epoch"] for h in history] == [2]           # rewritten by the resumed run
 

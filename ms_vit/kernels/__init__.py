@@ -18,6 +18,7 @@ no compiler is available or the compilation fails, the ``*_op()`` factories and 
 and the model keeps MindSpore's own
 operators: slower, same numbers. ``MS_VIT_FUSED_KERNELS=0`` turns the kernels off.
 """
+import fcntl
 import functools
 import hashlib
 import logging
@@ -52,7 +53,10 @@ def _cpu_signature():
 
 @functools.cache          # compiled (or found in the cache) once per process
 def compiled_library():
-    """Path of the compiled kernel library, or None if it cannot be built here."""
+    """Path of the compiled kernel library, or None if it cannot be built here.
+
+    Processes that start together (msrun's workers on a fresh machine) compile it once: the first takes a lock
+    on the cache folder and compiles, the others wait for it and load the result."""
     if os.environ.get("MS_VIT_FUSED_KERNELS", "1") == "0":
         return None
     compiler = shutil.which(os.environ.get("CXX", "g++"))
@@ -66,11 +70,21 @@ def compiled_library():
         return target
     try:
         os.makedirs(_cache_dir(), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
+        lock = open(os.path.join(_cache_dir(), ".lock"), "a")
     except OSError as error:           # e.g. a read-only home: set MS_VIT_CACHE to a writable folder
         logger.warning(f"ms_vit: cannot write the fused CPU kernels to {_cache_dir()} ({error.strerror}); "
                        "using MindSpore's operators (set MS_VIT_CACHE to a writable folder)")
         return None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)          # released when the file closes
+        if os.path.isfile(target):                 # another process compiled it while this one waited
+            return target
+        return _compile(compiler, target)
+
+
+def _compile(compiler, target):
+    logger.info(f"ms_vit: compiling the fused CPU kernels into {target} (once)")
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
     os.close(fd)
     result = subprocess.run([compiler, *_FLAGS, *_SOURCES, "-o", tmp], capture_output=True, text=True)
     if result.returncode != 0:
@@ -78,7 +92,7 @@ def compiled_library():
         last = (result.stderr.strip().splitlines() or ["failed"])[-1]
         logger.warning(f"ms_vit: compiling the fused CPU kernels failed ({last}); using MindSpore's operators")
         return None
-    os.replace(tmp, target)            # atomic: concurrent processes never load a half-written library
+    os.replace(tmp, target)            # atomic: a process never loads a half-written library
     return target
 
 
