@@ -1,8 +1,14 @@
-"""Classify images with a ViT checkpoint; print the top-k classes and write each image with its label drawn.
+"""Classify images with a ViT checkpoint (or a MINDIR written by export.py); print the top-k classes and write each
+image with its label drawn.
 
-    python infer.py --ckpt_path CKPT IMAGE [IMAGE ...] [--output_dir DIR] [--topk 5]
+    python infer.py --ckpt_path CKPT|MODEL.mindir IMAGE [IMAGE ...] [--output_dir DIR] [--topk 5]
+                    [--attention] [--plot]
+
+--attention writes IMAGE_attention.png: the class token's attention rollout over the image and the last block's
+attention per head; --plot writes IMAGE_topk.png: the image beside a bar chart of its top-k classes.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -16,10 +22,13 @@ from ms_vit.render import render_label
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--ckpt_path", required=True, help="checkpoint to use")
+    p.add_argument("--ckpt_path", required=True,
+                   help="checkpoint, or a .mindir written by export.py (with its .mindir.json)")
     p.add_argument("--model", help="variant, for checkpoints that do not record it (e.g. vit_b_16_224)")
     p.add_argument("--topk", type=int, default=5, help="classes printed per image (default: %(default)s)")
-    p.add_argument("--output_dir", default="outputs/infer", help="rendered images go here (default: %(default)s)")
+    p.add_argument("--output_dir", default="outputs/infer", help="pictures go here (default: %(default)s)")
+    p.add_argument("--attention", action="store_true", help="also write each image's attention maps")
+    p.add_argument("--plot", action="store_true", help="also write each image beside a bar chart of its top-k")
     cli.add_device_args(p)
     return p
 
@@ -34,26 +43,75 @@ def class_names_for(net):
     return [str(i) for i in range(net.config.num_classes)]
 
 
+class ExportedModel:
+    """A MINDIR written by export.py, run with ``mindspore.load`` + ``nn.GraphCell``; its JSON gives the
+    preprocessing and the class names."""
+
+    def __init__(self, path: str):
+        import mindspore as ms
+        from mindspore import nn
+        from ms_vit import ViTConfig
+        info_path = path + ".json"
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model not found: {path}")
+        if not os.path.isfile(info_path):
+            raise FileNotFoundError(f"{path} needs the {os.path.basename(info_path)} that export.py writes beside it")
+        with open(info_path) as f:
+            info = json.load(f)
+        self.config = ViTConfig.from_dict(info["config"])
+        self.class_names = info["class_names"]
+        self.batch = info["input"]["shape"][0]
+        try:
+            self.graph = nn.GraphCell(ms.load(path))
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"cannot load {path}: {str(exc).splitlines()[0]}") from None
+
+    def __call__(self, images):
+        import mindspore as ms
+        x = images.asnumpy()
+        padded = np.concatenate([x] * self.batch)[:self.batch]        # the exported batch size
+        return ms.Tensor(self.graph(ms.Tensor(padded)).asnumpy()[:len(x)])
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"image not found: {', '.join(missing)}")
     device.setup(args.device_target, args.mode)
-    net = create_model(args.model, checkpoint_path=args.ckpt_path)
-    net.set_train(False)
-    names = class_names_for(net)
+    if args.ckpt_path.lower().endswith(".mindir"):
+        if args.attention:
+            raise ValueError("--attention needs the checkpoint (an exported MINDIR returns only the logits)")
+        net = ExportedModel(args.ckpt_path)
+        names = net.class_names
+    else:
+        net = create_model(args.model, checkpoint_path=args.ckpt_path)
+        net.set_train(False)
+        names = class_names_for(net)
     os.makedirs(args.output_dir, exist_ok=True)
     for path in args.images:
-        probs = softmax(net(data.load_image(path, net.config)).asnumpy().astype(np.float64))[0]
+        image = data.load_image(path, net.config)
+        probs = softmax(net(image).asnumpy().astype(np.float64))[0]
         top = np.argsort(-probs)[:args.topk]
         print(path)
         for rank, index in enumerate(top, 1):
             print(f"  {rank}. {names[index]}  {probs[index]:.4f}")
-        stem = os.path.splitext(os.path.basename(path))[0]
-        out = os.path.join(args.output_dir, f"{stem}_pred.png")
-        render_label(path, f"{data.short_name(names[top[0]])} ({probs[top[0]]:.1%})", out)
-        print(f"  rendered: {out}")
+        stem = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0])
+        label = f"{data.short_name(names[top[0]])} ({probs[top[0]]:.1%})"
+        render_label(path, label, f"{stem}_pred.png")
+        print(f"  rendered: {stem}_pred.png")
+        if args.plot or args.attention:
+            from ms_vit import plots
+            view = plots.model_view(path, net.config)
+            if args.plot:
+                plots.plot_topk(view, [data.short_name(names[i]) for i in top], probs[top], f"{stem}_topk.png")
+                print(f"  top-{len(top)} chart: {stem}_topk.png")
+            if args.attention:
+                from ms_vit.visualize import as_grid, attention_rollout, attention_weights
+                weights = attention_weights(net, image)[:, 0]                  # (depth, H, 1 + N, 1 + N)
+                plots.plot_attention(view, as_grid(attention_rollout(weights)), as_grid(weights[-1, :, 0, 1:]),
+                                     label, f"{stem}_attention.png")
+                print(f"  attention: {stem}_attention.png")
     return 0
 
 

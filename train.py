@@ -18,6 +18,7 @@ from mindspore import nn
 from mindspore.train import Model, ModelCheckpoint, CheckpointConfig, Callback
 
 from ms_vit.evaluate import evaluate
+from ms_vit.history import RunHistory
 from ms_vit.factory import build_model
 from ms_vit.loss import LabelSmoothingCrossEntropy
 from ms_vit.lr import cosine_lr
@@ -88,17 +89,19 @@ def param_groups(net, weight_decay):
 
 
 class EvaluateAndKeepBest(Callback):
-    """After each epoch: top-1/top-5 on the validation set; the best epoch saved as ``best.ckpt``.
+    """After each epoch: top-1/top-5 on the validation set; the best epoch saved as ``best.ckpt``; the run's
+    history and curves (``ms_vit.history``) written. A resumed run continues the history and keeps the best top-1
+    of its earlier epochs: ``best.ckpt`` is never replaced by a worse epoch.
 
     Under data parallelism every rank evaluates its shard of the validation set and the counts are summed
     (``evaluate(across_ranks=True)``); only the writer (rank 0) prints and writes files."""
 
-    def __init__(self, net, val_dataset, save_dir, meta, writer=True, across_ranks=False, best_top1=-1.0):
+    def __init__(self, net, val_dataset, history, steps_per_epoch, meta, writer=True, across_ranks=False):
         super().__init__()
-        self.net, self.val_dataset, self.save_dir, self.meta = net, val_dataset, save_dir, meta
-        self.writer, self.across_ranks = writer, across_ranks
-        self.best_top1 = best_top1
-        self.history = []
+        self.net, self.val_dataset, self.history, self.meta = net, val_dataset, history, meta
+        self.steps_per_epoch, self.writer, self.across_ranks = steps_per_epoch, writer, across_ranks
+        best = history.best()
+        self.best_top1 = best["top1"] if best else -1.0
 
     def on_train_epoch_end(self, run_context):
         epoch = run_context.original_args().cur_epoch_num
@@ -106,7 +109,7 @@ class EvaluateAndKeepBest(Callback):
         metrics = evaluate(self.net, self.val_dataset, across_ranks=self.across_ranks)
         seconds = time.time() - start
         self.net.set_train(True)
-        self.history.append(dict(metrics, epoch=epoch))
+        self.history.val.append(dict(metrics, epoch=epoch, step=epoch * self.steps_per_epoch))
         improved = metrics["top1"] > self.best_top1
         if improved:
             self.best_top1 = metrics["top1"]
@@ -115,10 +118,9 @@ class EvaluateAndKeepBest(Callback):
         print(f"epoch {epoch}: val top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f} loss {metrics['loss']:.4f} "
               f"({metrics['num_images']} images, {seconds:.1f} s){'  best so far' if improved else ''}", flush=True)
         if improved:
-            checkpoint.save(self.net, os.path.join(self.save_dir, "best.ckpt"),
+            checkpoint.save(self.net, os.path.join(self.history.folder, "best.ckpt"),
                             meta=dict(self.meta, epoch=epoch, metrics=metrics))
-        with open(os.path.join(self.save_dir, "val_history.json"), "w") as f:
-            json.dump(self.history, f, indent=1)
+        self.history.save()
 
 
 def main(argv=None):
@@ -140,15 +142,16 @@ def main(argv=None):
     overrides = {k: getattr(args, k) for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_dim")}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     start_epoch, resume_params = 0, {}
+    fused_kernels = None if amp_level == "O0" else False     # the fused CPU kernels compute in float32 only
     if args.resume:
         resume_params, resume_meta = checkpoint.read(args.resume)       # read once: weights and optimizer state
         net = build_model(args.model, resume_params, resume_meta, args.resume, num_classes, args.image_size,
-                          drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate)
+                          fused_kernels, drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate)
         start_epoch = int(resume_params["epoch_num"]) if "epoch_num" in resume_params else resume_meta.get("epoch", 0)
     else:
         net = create_model(args.model or (None if args.pretrained else "vit_b_16_224"), num_classes=num_classes,
-                           image_size=args.image_size, checkpoint_path=args.pretrained, drop_rate=args.drop_rate,
-                           drop_path_rate=args.drop_path_rate, **overrides)
+                           image_size=args.image_size, checkpoint_path=args.pretrained, fused_kernels=fused_kernels,
+                           drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate, **overrides)
     config = net.config
     names = data.class_names(args.data_dir, classes)
     shard = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
@@ -187,9 +190,10 @@ def main(argv=None):
     meta = {"config": config.to_dict(), "classes": classes, "class_names": names}
     saved_every_epoch = CheckpointConfig(save_checkpoint_steps=steps, keep_checkpoint_max=args.keep_checkpoint_max,
                                          append_info=["epoch_num", "step_num", {checkpoint.META_KEY: json.dumps(meta)}])
-    keep_best = EvaluateAndKeepBest(net, val_ds, args.ckpt_save_dir, meta, writer, across_ranks=group_size > 1)
+    history = RunHistory(args.ckpt_save_dir, start_epoch)
+    keep_best = EvaluateAndKeepBest(net, val_ds, history, steps, meta, writer, across_ranks=group_size > 1)
     progress = Progress(steps, args.epoch_size, global_batch, lrs, min(args.log_interval, max(1, steps // 4)),
-                        writer, across_ranks=group_size > 1)
+                        writer, across_ranks=group_size > 1, history=history.train)
     callbacks = [progress, keep_best]
     if writer:
         callbacks.insert(1, ModelCheckpoint(prefix="vit", directory=args.ckpt_save_dir, config=saved_every_epoch))
@@ -200,10 +204,11 @@ def main(argv=None):
                 initial_epoch=start_epoch)
     if not writer:
         return 0
-    best = keep_best.history and max(keep_best.history, key=lambda m: m["top1"])
+    best = history.best()
     print(f"trained epochs {start_epoch + 1}..{args.epoch_size} in {format_duration(progress.elapsed())}; "
           f"best val top-1 {best['top1']:.4f} top-5 {best['top5']:.4f} (epoch {best['epoch']}): "
-          f"{os.path.join(args.ckpt_save_dir, 'best.ckpt')}")
+          f"{os.path.join(args.ckpt_save_dir, 'best.ckpt')}\n"
+          f"curves: {os.path.join(args.ckpt_save_dir, 'curves.png')}")
     return 0
 
 

@@ -11,7 +11,7 @@ _WEIGHT_FIELDS = ("gelu_approximate", "layer_norm_eps", "mean", "std", "crop_pct
 
 
 def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, image_size: Optional[int] = None,
-                 checkpoint_path: Optional[str] = None, **overrides) -> ViT:
+                 checkpoint_path: Optional[str] = None, fused_kernels: Optional[bool] = None, **overrides) -> ViT:
     """Build a ViT variant and optionally load a checkpoint into it.
 
     Args:
@@ -23,6 +23,8 @@ def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, 
         image_size: input side; default: the checkpoint's, else the variant's. A different size than
             the checkpoint's resamples the position embedding, announced.
         checkpoint_path: a ``.ckpt`` to load; every parameter must fit (see ``checkpoint.load_into``).
+        fused_kernels: run on the fused CPU kernels (faster, same numbers); default: on CPU when they can be built
+            here; ``False``: MindSpore's operators only (what exports need). See ``ms_vit.layers``.
         **overrides: any other ``ViTConfig`` field (``patch_size``, ``depth``, ``drop_path_rate``,
             ``gelu_approximate``, ...).
 
@@ -30,11 +32,12 @@ def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, 
         The ``ViT``; ``net.checkpoint_meta`` holds what the checkpoint recorded (class names, epoch...).
     """
     params, meta = checkpoint.read(checkpoint_path) if checkpoint_path else ({}, {})
-    return build_model(name, params, meta, checkpoint_path, num_classes, image_size, **overrides)
+    return build_model(name, params, meta, checkpoint_path, num_classes, image_size, fused_kernels, **overrides)
 
 
 def build_model(name: Optional[str], params: dict, meta: dict, source: Optional[str] = None,
-                num_classes: Optional[int] = None, image_size: Optional[int] = None, **overrides) -> ViT:
+                num_classes: Optional[int] = None, image_size: Optional[int] = None,
+                fused_kernels: Optional[bool] = None, **overrides) -> ViT:
     """``create_model`` for a checkpoint already read with ``checkpoint.read`` (``params`` may be empty):
     for callers that need the file's other entries too, such as train.py's optimizer state."""
     saved = ViTConfig.from_dict(meta["config"]) if "config" in meta else None
@@ -52,7 +55,7 @@ def build_model(name: Optional[str], params: dict, meta: dict, source: Optional[
         num_classes = params["dense.weight"].shape[0] if "dense.weight" in params else config.num_classes
     fields = dict(overrides, num_classes=num_classes, image_size=image_size)
     config = dataclasses.replace(config, **{k: v for k, v in fields.items() if v is not None})
-    net = ViT(config)
+    net = ViT(config, fused_kernels)
     if params:
         checkpoint.load_into(net, params, source=source or "checkpoint")
     net.checkpoint_meta = meta

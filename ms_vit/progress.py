@@ -32,10 +32,11 @@ class Progress(Callback):
         interval: steps between lines.
         writer: whether this process prints.
         across_ranks: average the printed loss over the ranks of the collective group.
+        history: a list to which each line is appended as ``{"step", "epoch", "loss", "lr"}`` (for the curves).
     """
 
     def __init__(self, steps_per_epoch: int, epochs: int, global_batch: int, learning_rates: Sequence[float],
-                 interval: int, writer: bool = True, across_ranks: bool = False):
+                 interval: int, writer: bool = True, across_ranks: bool = False, history: Optional[list] = None):
         super().__init__()
         self.steps_per_epoch, self.epochs, self.global_batch = steps_per_epoch, epochs, global_batch
         self.learning_rates, self.interval = learning_rates, max(1, interval)
@@ -47,6 +48,7 @@ class Progress(Callback):
         self.window_start: Optional[float] = None      # since the last line or the start of the epoch
         self.window_steps = 0
         self.losses = []
+        self.history = [] if history is None else history
 
     def on_train_begin(self, run_context):
         self.run_start = time.time()
@@ -77,7 +79,9 @@ class Progress(Callback):
         now = time.time()
         line = f"epoch {epoch}/{self.epochs} step {self.step}/{self.steps_per_epoch} loss {loss:.4f}"
         global_step = (epoch - 1) * self.steps_per_epoch + self.step
-        line += f" lr {float(self.learning_rates[min(global_step, len(self.learning_rates)) - 1]):.2e}"
+        lr = float(self.learning_rates[min(global_step, len(self.learning_rates)) - 1])
+        self.history.append({"step": global_step, "epoch": epoch, "loss": loss, "lr": lr})
+        line += f" lr {lr:.2e}"
         if self.window_steps:
             line += f" {self.global_batch * self.window_steps / (now - self.window_start):.1f} img/s"
         if self.timed_steps:

@@ -31,7 +31,7 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter
 from mindspore.common.initializer import initializer, TruncatedNormal, XavierUniform, Zero
 
-from . import kernels
+from .layers import GELU, Dense, LayerNorm, Linear, MergeHeads, Patchify, Softmax, SplitHeads, use_fused_kernels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -117,55 +117,6 @@ def list_models():
     return sorted(VARIANTS)
 
 
-def gelu(x, approximate: bool):
-    """GELU: exact ``0.5 x (1 + erf(x / sqrt 2))`` or the tanh approximation."""
-    if approximate:
-        return 0.5 * x * (1.0 + ops.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
-    return 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476))
-
-
-def cpu_kernel(factory, *args):
-    """``factory(*args)``, the fused CPU op of ``ms_vit.kernels``, when running on CPU (else None; also None
-    when it could not be compiled: the caller then uses MindSpore's operators, same results)."""
-    return factory(*args) if ms.get_context("device_target") == "CPU" else None
-
-
-class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` over the last axis with an explicit epsilon (kept float32 under AMP O2).
-
-    On CPU it runs as a fused kernel (``ms_vit.kernels``; same parameters, same numbers): MindSpore's CPU
-    LayerNorm and LayerNormGrad are 7x and ~20x slower than the memory traffic they need."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__((dim,), begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
-        self.kernel = cpu_kernel(kernels.layer_norm_op)
-        self.fused = self.kernel is not None
-        self.eps = ms.Tensor([eps], ms.float32)
-
-    def construct(self, x):
-        if self.fused:
-            return self.kernel(x.astype(ms.float32), self.gamma.astype(ms.float32), self.beta.astype(ms.float32),
-                               self.eps).astype(x.dtype)
-        return super().construct(x)
-
-
-class Dense(nn.Dense):
-    """``nn.Dense`` (same parameters). On CPU it runs as ``kernels.Linear``: the same products with faster
-    gradients (MindSpore's CPU BiasAddGrad runs at ~0.5 GB/s; one orientation of its transposed MatMul at half
-    speed)."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(in_channels, out_channels)
-        self.linear = cpu_kernel(kernels.linear, out_channels, in_channels)
-        self.fused = self.linear is not None
-
-    def construct(self, x):
-        if not self.fused:
-            return super().construct(x)
-        y = self.linear(x.reshape(-1, x.shape[-1]), self.weight, self.bias)        # (rows, out)
-        return y.reshape(x.shape[:-1] + (y.shape[-1],))
-
-
 class Attention(nn.Cell):
     """Multi-head self-attention.
 
@@ -174,56 +125,34 @@ class Attention(nn.Cell):
         num_heads: number of heads H; head dim d = D / H, scores scaled by d ** -0.5.
         attn_drop: dropout on the attention weights.
         proj_drop: dropout after the output projection.
+        fused_kernels: run on ``ms_vit.layers``' fused CPU kernels.
 
     Inputs: x (B, N, D). Outputs: (B, N, D).
     """
 
-    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 fused_kernels: bool = False):
         super().__init__()
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.qkv = Dense(dim, dim * 3)
-        self.attn_drop = nn.Dropout(p=attn_drop)
-        self.out = Dense(dim, dim)
-        self.out_drop = nn.Dropout(p=proj_drop)
+        self.qkv = Dense(dim, dim * 3, fused_kernels)
+        self.split_heads = SplitHeads(num_heads, dim // num_heads, fused_kernels)
         self.q_kt = ops.BatchMatMul(transpose_b=True)
+        self.softmax = Softmax(fused_kernels)
+        self.attn_drop = nn.Dropout(p=attn_drop)
         self.attn_v = ops.BatchMatMul()          # its gradient uses transposed matmuls, no Transpose ops
-        # On CPU the head split and merge run as row-copying kernels, the softmax as a one-pass kernel
-        # (ms_vit.kernels): MindSpore's CPU Transpose keeps an 8-byte index per element for every transpose in
-        # the graph and gathers through it; its softmax gradient is four broadcasting ops.
-        self.split_kernel = cpu_kernel(kernels.split_heads_op)
-        self.merge_kernel = cpu_kernel(kernels.swap_middle_axes_op)
-        self.softmax_kernel = cpu_kernel(kernels.softmax_op)
-        self.fused = self.split_kernel is not None
+        self.merge_heads = MergeHeads(fused_kernels)
+        self.out = Dense(dim, dim, fused_kernels)
+        self.out_drop = nn.Dropout(p=proj_drop)
 
-    def split_heads(self, qkv):
-        """(B, N, 3D) -> q * scale, k, v, each (B, H, N, d)."""
-        b, n, _ = qkv.shape
-        if self.fused:
-            qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim)          # (B, N, 3, H, d)
-            q, k, v = self.split_kernel(qkv.astype(ms.float32))                # q scaled by d ** -0.5
-            return q.astype(qkv.dtype), k.astype(qkv.dtype), v.astype(qkv.dtype)
-        # Split, then reshape each of q, k, v: slicing a transposed (3, B, H, N, d) view instead makes the
-        # CPU matmuls take a strided path ~5x slower.
-        q, k, v = ops.split(qkv, qkv.shape[-1] // 3, axis=-1)                 # 3 x (B, N, D)
-        q = q.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        k = k.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        v = v.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        return q * self.scale, k, v
-
-    def merge_heads(self, x):
-        """(B, H, N, d) -> (B, N, D)."""
-        b, h, n, d = x.shape
-        if self.fused:
-            return self.merge_kernel(x.astype(ms.float32)).astype(x.dtype).reshape(b, n, h * d)
-        return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
+    def attention_weights(self, x):
+        """(B, N, D) -> softmax(q k^T / sqrt d), (B, H, N, N) float32, computed in float32 so that float16
+        compute (AMP O2) cannot overflow."""
+        q, k, _ = self.split_heads(self.qkv(x))                      # (B, H, N, d), q scaled
+        return self.softmax(self.q_kt(q, k).astype(ms.float32))
 
     def construct(self, x):
         q, k, v = self.split_heads(self.qkv(x))                      # 3 x (B, H, N, d), q scaled
-        attn = self.q_kt(q, k).astype(ms.float32)                    # (B, H, N, N)
-        # Softmax in float32 so that float16 compute (AMP O2) cannot overflow.
-        attn = self.softmax_kernel(attn) if self.fused else ops.softmax(attn, axis=-1)
+        attn = self.softmax(self.q_kt(q, k).astype(ms.float32))      # (B, H, N, N), float32
         attn = self.attn_drop(attn.astype(x.dtype))
         x = self.attn_v(attn, v)                                     # (B, H, N, d)
         return self.out_drop(self.out(self.merge_heads(x)))          # (B, N, D)
@@ -237,27 +166,22 @@ class FeedForward(nn.Cell):
         hidden_dim: hidden dim M.
         dropout: dropout after the activation and after the second Dense.
         gelu_approximate: tanh-approximated GELU instead of the exact (erf) one.
+        fused_kernels: run on ``ms_vit.layers``' fused CPU kernels.
 
     Inputs: x (B, N, D). Outputs: (B, N, D).
     """
 
-    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, gelu_approximate: bool = False):
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, gelu_approximate: bool = False,
+                 fused_kernels: bool = False):
         super().__init__()
-        self.gelu_approximate = gelu_approximate
-        # On CPU the exact GELU runs as one fused kernel (ms_vit.kernels): MindSpore's CPU Erf is ~15x slower.
-        self.gelu_kernel = None if gelu_approximate else cpu_kernel(kernels.gelu_erf_op)
-        self.fused_gelu = self.gelu_kernel is not None
-        self.dense1 = Dense(dim, hidden_dim)
+        self.dense1 = Dense(dim, hidden_dim, fused_kernels)
+        self.gelu = GELU(gelu_approximate, fused_kernels)
         self.drop1 = nn.Dropout(p=dropout)
-        self.dense2 = Dense(hidden_dim, dim)
+        self.dense2 = Dense(hidden_dim, dim, fused_kernels)
         self.drop2 = nn.Dropout(p=dropout)
 
     def construct(self, x):
-        x = self.dense1(x)                                           # (B, N, M)
-        if self.fused_gelu:
-            x = self.gelu_kernel(x.astype(ms.float32)).astype(x.dtype)
-        else:
-            x = gelu(x, self.gelu_approximate)
+        x = self.gelu(self.dense1(x))                                # (B, N, M)
         return self.drop2(self.dense2(self.drop1(x)))                # (B, N, D)
 
 
@@ -308,23 +232,24 @@ class TransformerEncoder(nn.Cell):
         drop_path_rate: stochastic depth of the last block; block i uses ``rate * i / (depth - 1)``.
         layer_norm_eps: LayerNorm epsilon.
         gelu_approximate: tanh GELU instead of exact.
+        fused_kernels: run on ``ms_vit.layers``' fused CPU kernels.
 
     Inputs: x (B, N, D). Outputs: (B, N, D).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_dim: int, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, layer_norm_eps: float = 1e-6,
-                 gelu_approximate: bool = False):
+                 gelu_approximate: bool = False, fused_kernels: bool = False):
         super().__init__()
         drop_paths = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.layers = nn.SequentialCell([
             nn.SequentialCell([
                 ResidualCell(nn.SequentialCell([
-                    LayerNorm(dim, layer_norm_eps),
-                    Attention(dim, num_heads, attn_drop_rate, drop_rate)]), drop_paths[i]),
+                    LayerNorm(dim, layer_norm_eps, fused_kernels),
+                    Attention(dim, num_heads, attn_drop_rate, drop_rate, fused_kernels)]), drop_paths[i]),
                 ResidualCell(nn.SequentialCell([
-                    LayerNorm(dim, layer_norm_eps),
-                    FeedForward(dim, mlp_dim, drop_rate, gelu_approximate)]), drop_paths[i]),
+                    LayerNorm(dim, layer_norm_eps, fused_kernels),
+                    FeedForward(dim, mlp_dim, drop_rate, gelu_approximate, fused_kernels)]), drop_paths[i]),
             ])
             for i in range(depth)
         ])
@@ -346,39 +271,30 @@ class PatchEmbedding(nn.Cell):
         embed_dim: D.
         in_channels: C.
         as_matmul: compute as a matrix product; default: on CPU only.
+        fused_kernels: cut patches and project them with ``ms_vit.layers``' fused CPU kernels (implies as_matmul).
 
     Inputs: x (B, C, S, S). Outputs: (B, N, D), patches in row-major grid order.
     """
 
     def __init__(self, image_size: int, patch_size: int, embed_dim: int, in_channels: int = 3,
-                 as_matmul: Optional[bool] = None):
+                 as_matmul: Optional[bool] = None, fused_kernels: bool = False):
         super().__init__()
-        self.patch_size = patch_size
-        self.grid_size = image_size // patch_size
+        self.num_patches = (image_size // patch_size) ** 2
         self.conv = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size,
                               has_bias=True, pad_mode="valid")
-        self.as_matmul = ms.get_context("device_target") == "CPU" if as_matmul is None else as_matmul
-        self.matmul = ops.MatMul(transpose_b=True)
-        self.patchify_kernel = cpu_kernel(kernels.patchify_op, patch_size)
-        self.linear = cpu_kernel(kernels.linear, embed_dim, in_channels * patch_size * patch_size)
+        on_cpu = ms.get_context("device_target") == "CPU"
+        self.as_matmul = fused_kernels or (on_cpu if as_matmul is None else as_matmul)
+        self.patchify = Patchify(patch_size, fused_kernels)
+        self.project = Linear(embed_dim, in_channels * patch_size * patch_size, fused_kernels)
 
     def construct(self, x):
         if not self.as_matmul:
             x = self.conv(x)                                         # (B, D, S/P, S/P)
             b, d = x.shape[0], x.shape[1]
             return x.reshape(b, d, -1).transpose(0, 2, 1)            # (B, N, D)
-        b, c, g, p = x.shape[0], x.shape[1], self.grid_size, self.patch_size
-        if self.patchify_kernel is not None:
-            x = self.patchify_kernel(x.astype(ms.float32)).astype(x.dtype)          # (B, N, C*P*P)
-        else:
-            x = x.reshape(b, c, g, p, g, p).transpose(0, 2, 4, 1, 3, 5)           # (B, S/P, S/P, C, P, P)
-        x = x.reshape(b * g * g, c * p * p)                          # (B*N, C*P*P)
         weight = self.conv.weight.reshape(self.conv.weight.shape[0], -1)           # (D, C*P*P)
-        if self.linear is not None:
-            x = self.linear(x, weight, self.conv.bias)                              # (B*N, D)
-        else:
-            x = self.matmul(x, weight.astype(x.dtype)) + self.conv.bias.astype(x.dtype)
-        return x.reshape(b, g * g, -1)                               # (B, N, D)
+        x = self.project(self.patchify(x), weight, self.conv.bias)                 # (B*N, D)
+        return x.reshape(-1, self.num_patches, x.shape[-1])          # (B, N, D)
 
 
 class ViT(nn.Cell):
@@ -386,24 +302,28 @@ class ViT(nn.Cell):
 
     Args:
         config: a ``ViTConfig`` (``create_model`` builds one from a variant name).
+        fused_kernels: run on the fused CPU kernels (``ms_vit.layers.use_fused_kernels``): default on CPU when
+            they can be built here; ``False`` for MindSpore's operators only (exports).
 
     Inputs: images (B, C, S, S), normalised. Outputs: logits (B, K).
     """
 
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, fused_kernels: Optional[bool] = None):
         super().__init__()
         self.config = config
         c = config
-        self.patch_embedding = PatchEmbedding(c.image_size, c.patch_size, c.embed_dim, c.in_channels)
+        self.fused_kernels = fused = use_fused_kernels(fused_kernels)
+        self.patch_embedding = PatchEmbedding(c.image_size, c.patch_size, c.embed_dim, c.in_channels,
+                                              fused_kernels=fused)
         self.cls = Parameter(initializer(TruncatedNormal(0.02), (1, 1, c.embed_dim)), name="cls")
         self.pos_embedding = Parameter(initializer(TruncatedNormal(0.02), (1, c.num_patches + 1, c.embed_dim)),
                                        name="pos_embedding")
         self.dropout = nn.Dropout(p=c.drop_rate)
         self.transformer = TransformerEncoder(c.embed_dim, c.depth, c.num_heads, c.mlp_dim, c.drop_rate,
                                               c.attn_drop_rate, c.drop_path_rate, c.layer_norm_eps,
-                                              c.gelu_approximate)
-        self.norm = LayerNorm(c.embed_dim, c.layer_norm_eps)
-        self.dense = Dense(c.embed_dim, c.num_classes)
+                                              c.gelu_approximate, fused)
+        self.norm = LayerNorm(c.embed_dim, c.layer_norm_eps, fused)
+        self.dense = Dense(c.embed_dim, c.num_classes, fused)
         self.mean_pool = c.global_pool == "mean"
         self._init_weights()
 
@@ -415,11 +335,15 @@ class ViT(nn.Cell):
                 cell.bias.set_data(initializer(Zero(), cell.bias.shape, cell.bias.dtype))
         self.dense.weight.set_data(initializer(Zero(), self.dense.weight.shape, self.dense.weight.dtype))
 
-    def forward_features(self, x):
+    def embed(self, x):
+        """Images (B, C, S, S) -> tokens (B, 1 + N, D): class token and patches, with position embedding."""
         x = self.patch_embedding(x)                                  # (B, N, D)
         cls = ops.broadcast_to(self.cls.astype(x.dtype), (x.shape[0], 1, x.shape[2]))
         x = ops.cat((cls, x), axis=1) + self.pos_embedding.astype(x.dtype)   # (B, 1 + N, D)
-        x = self.transformer(self.dropout(x))
+        return self.dropout(x)
+
+    def forward_features(self, x):
+        x = self.transformer(self.embed(x))
         return self.norm(x)                                          # (B, 1 + N, D)
 
     def construct(self, x):

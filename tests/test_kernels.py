@@ -55,11 +55,12 @@ from ms_vit import create_model
 from ms_vit.loss import LabelSmoothingCrossEntropy
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_seed(0)
-net = create_model("vit_ti_16_224", image_size=32, patch_size=8, depth=2, num_classes=10)
+net = create_model("vit_ti_16_224", image_size=32, patch_size=8, depth=2, num_classes=10,
+                   fused_kernels=sys.argv[2] == "1")
 net.dense.weight.set_data(ms.Tensor(np.random.default_rng(1).standard_normal((10, 192)), ms.float32))
 block = net.transformer.layers[0]
-print(net.patch_embedding.patchify_kernel is not None, block[0].cell[0].fused, block[0].cell[1].fused,
-      block[0].cell[1].qkv.fused, block[1].cell[1].fused_gelu)
+print(net.patch_embedding.patchify.fused, block[0].cell[0].fused, block[0].cell[1].softmax.fused,
+      block[0].cell[1].qkv.fused, block[1].cell[1].gelu.fused)
 x = ms.Tensor(np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype(np.float32))
 y = ms.Tensor(np.array([1, 5, 7], np.int32))
 net.set_train(False)
@@ -78,15 +79,14 @@ np.savez(sys.argv[1], logits=logits, **{p.name: g.asnumpy() for p, g in zip(net.
 
 
 def test_model_same_with_and_without_kernels(tmp_path):
-    """The composite path (no compiler, or MS_VIT_FUSED_KERNELS=0) gives the same logits and the same gradient
+    """MindSpore's operators (fused_kernels=False: exports, no compiler) give the same logits and the same gradient
     for every parameter."""
     outputs = {}
     script = tmp_path / "model_gradients.py"          # a file: graph mode compiles from source
     script.write_text(MODEL_SCRIPT)
     for flag in ("1", "0"):
         path = str(tmp_path / f"run{flag}.npz")
-        run = subprocess.run([sys.executable, str(script), path], capture_output=True, text=True,
-                             env=dict(os.environ, MS_VIT_FUSED_KERNELS=flag))
+        run = subprocess.run([sys.executable, str(script), path, flag], capture_output=True, text=True)
         assert run.returncode == 0, run.stderr[-2000:]
         assert run.stdout.strip().splitlines()[-1] == " ".join([str(flag == "1")] * 5)
         outputs[flag] = dict(np.load(path))
@@ -101,11 +101,11 @@ def test_model_same_with_and_without_kernels(tmp_path):
 def test_layer_norm_kernel_matches_mindspore(mode):
     from mindspore import nn
     from ms_vit.kernels import layer_norm_op
-    from ms_vit.vit import LayerNorm
+    from ms_vit.layers import LayerNorm
     op = layer_norm_op()
     assert op is not None
     rng = np.random.default_rng(0)
-    fused, reference = LayerNorm(96, 1e-6), nn.LayerNorm((96,), -1, -1, epsilon=1e-6)
+    fused, reference = LayerNorm(96, 1e-6, fused=True), nn.LayerNorm((96,), -1, -1, epsilon=1e-6)
     assert fused.fused
     for cell in (fused, reference):
         cell.gamma.set_data(ms.Tensor(rng.standard_normal(96).astype(np.float32)))
@@ -253,3 +253,23 @@ def test_processes_starting_together_compile_the_kernels_once(tmp_path):
     assert sum("compiling the fused CPU kernels" in err for _, err in results) == 1
     assert [f for f in os.listdir(tmp_path / "cache" / "kernels") if f.endswith(".so")] == \
         [os.path.basename(out.strip()) for out, _ in results[:1]]          # no leftover partial files
+
+
+def test_one_switch_for_the_kernels(tmp_path):
+    """create_model(fused_kernels=...): False builds on MindSpore's operators only, True insists (a clear error
+    where the kernels cannot be built), None uses them when it can."""
+    from ms_vit import create_model
+    from ms_vit.layers import GELU, LayerNorm, Linear, MergeHeads, Patchify, Softmax, SplitHeads
+    blocks = (GELU, LayerNorm, Linear, MergeHeads, Patchify, Softmax, SplitHeads)
+    off = create_model("vit_ti_16_224", image_size=32, patch_size=8, depth=1, num_classes=3, fused_kernels=False)
+    on = create_model("vit_ti_16_224", image_size=32, patch_size=8, depth=1, num_classes=3)
+    for net, fused in ((off, False), (on, True)):
+        cells = [c for _, c in net.cells_and_names() if isinstance(c, blocks)]
+        assert len(cells) >= 7 and all(c.fused == fused for c in cells), fused
+        assert net.fused_kernels == fused
+    script = ("import sys; sys.path.insert(0, %r); from ms_vit import create_model\n"
+              "try:\n    create_model('vit_ti_16_224', depth=1, fused_kernels=True)\n"
+              "except ValueError as e:\n    print(e)") % ROOT
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=dict(os.environ, MS_VIT_FUSED_KERNELS="0"))
+    assert "fused_kernels=True: the fused CPU kernels cannot be built here" in run.stdout, run.stderr[-2000:]

@@ -31,7 +31,12 @@ def test_train_reports_and_keeps_checkpoints(trained):
     assert "20 train / 20 val images, 2 steps of batch 8 per epoch, epochs 1..1" in log
     assert "epoch 1: val top-1" in log and "(20 images, " in log
     history = json.load(open(os.path.join(trained["dir"], "val_history.json")))
-    assert [h["epoch"] for h in history] == [2]           # rewritten by the resumed run
+    assert [h["epoch"] for h in history] == [1, 2]        # continued by the resumed run
+    steps = json.load(open(os.path.join(trained["dir"], "train_history.json")))
+    assert [h["step"] for h in steps] == [1, 2, 3, 4] and all(h["loss"] > 0 and h["lr"] > 0 for h in steps)
+    curves = Image.open(os.path.join(trained["dir"], "curves.png"))
+    assert curves.width > 800 and np.asarray(curves.convert("L")).std() > 10     # drawn, not blank
+    assert "curves: " in trained["resumed"].stdout
 
 
 def test_resume_continues_epoch_and_optimizer(trained):
@@ -123,7 +128,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "$ python -m dataset_tools demo" in result.stdout and "$ python infer.py" in result.stdout
     metrics = json.load(open(tmp_path / "out" / "eval_val.json"))
     assert metrics["num_images"] == 800 and metrics["top1"] > 0.2          # one epoch already learns digits
-    assert len(list((tmp_path / "out").glob("*_pred.png"))) == 1
+    for picture in ("curves.png", "*_pred.png", "*_attention.png", "*_topk.png"):
+        assert len(list((tmp_path / "out").glob(picture))) == 1, picture
+    assert "  attention:  " in result.stdout and "  curves:     " in result.stdout
 
 
 def test_eval_public_style_checkpoint_uses_standard_imagenet_indices(imagenet_sample, tmp_path):

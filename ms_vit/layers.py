@@ -1,0 +1,191 @@
+"""The ViT's building blocks whose implementation depends on the backend, in one place, so that ``vit.py`` reads
+as the model's math.
+
+Each block computes the same function with the same parameters in two ways:
+
+* MindSpore's operators: every device, and what exports (MINDIR, ONNX) are built from;
+* on CPU, the fused kernels of ``ms_vit.kernels`` (AOT custom ops compiled with g++; see there for what each
+  replaces and why): faster and lighter, same numbers (``tests/test_kernels.py``).
+
+``use_fused_kernels(choice)`` turns ``create_model(fused_kernels=...)`` into the decision: ``None`` (default) uses
+them on CPU when they can be built here, ``False`` never, ``True`` requires them. The kernels compute in float32:
+under AMP (O1-O3, which casts every operator's inputs to float16) build the model with ``fused_kernels=False``, as
+train.py does.
+"""
+from typing import Optional
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from . import kernels
+
+
+def use_fused_kernels(choice: Optional[bool] = None) -> bool:
+    """Whether a model built now runs on the fused CPU kernels (see the module docstring)."""
+    if choice is False:
+        return False
+    on_cpu = ms.get_context("device_target") == "CPU"
+    if choice and not on_cpu:
+        raise ValueError("fused_kernels=True: the fused kernels run on CPU only")
+    available = on_cpu and kernels.compiled_library() is not None
+    if choice and not available:
+        raise ValueError("fused_kernels=True: the fused CPU kernels cannot be built here (a C++ compiler, a writable "
+                         "MS_VIT_CACHE and MS_VIT_FUSED_KERNELS unset are needed)")
+    return available
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last axis with an explicit epsilon (kept float32 under AMP O2); fused: one kernel
+    for the forward pass and one for the gradient (MindSpore's CPU LayerNormGrad is ~20x slower)."""
+
+    def __init__(self, dim: int, eps: float, fused: bool = False):
+        super().__init__((dim,), begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+        self.fused = fused
+        self.kernel = kernels.layer_norm_op() if fused else None
+        self.eps = ms.Tensor([eps], ms.float32)
+
+    def construct(self, x):
+        if self.fused:
+            return self.kernel(x.astype(ms.float32), self.gamma.astype(ms.float32), self.beta.astype(ms.float32),
+                               self.eps).astype(x.dtype)
+        return super().construct(x)
+
+
+class Linear(nn.Cell):
+    """``x (R, I), weight (O, I), bias (O,) -> x weight^T + bias`` for parameters held elsewhere (a Dense layer's, the
+    patch embedding's convolution's); fused: ``kernels.Linear``, the same product with faster gradients
+    (MindSpore's CPU BiasAddGrad runs at ~0.5 GB/s; one orientation of its transposed MatMul at half speed)."""
+
+    def __init__(self, out_features: int, in_features: int, fused: bool = False):
+        super().__init__()
+        self.fused = fused
+        self.kernel = kernels.linear(out_features, in_features) if fused else None
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x, weight, bias):
+        if self.fused:
+            return self.kernel(x, weight, bias)
+        return self.matmul(x, weight.astype(x.dtype)) + bias.astype(x.dtype)
+
+
+class Dense(nn.Dense):
+    """``nn.Dense`` (same parameters); fused: ``Linear`` on the fused kernels."""
+
+    def __init__(self, in_channels: int, out_channels: int, fused: bool = False):
+        super().__init__(in_channels, out_channels)
+        self.fused = fused
+        self.linear = Linear(out_channels, in_channels, fused) if fused else None
+
+    def construct(self, x):
+        if not self.fused:
+            return super().construct(x)
+        y = self.linear(x.reshape(-1, x.shape[-1]), self.weight, self.bias)        # (rows, out)
+        return y.reshape(x.shape[:-1] + (y.shape[-1],))
+
+
+class GELU(nn.Cell):
+    """GELU: exact ``0.5 x (1 + erf(x / sqrt 2))`` or the tanh approximation; fused: the exact one in one kernel.
+
+    ``onnx_compatible = True`` (set by ``export.py``) computes the exact GELU from operators that ONNX exporters
+    support (no Erf): ``x * Phi(x)`` with ``erfc`` from Numerical Recipes' Chebyshev fit (relative error < 1.2e-7),
+    equal to the erf GELU within 1e-6 (``tests/test_export.py``)."""
+
+    def __init__(self, approximate: bool = False, fused: bool = False):
+        super().__init__()
+        self.approximate = approximate
+        self.fused = fused and not approximate
+        self.kernel = kernels.gelu_erf_op() if self.fused else None
+        self.onnx_compatible = False
+        self.div = ops.Div()               # a / b, not a * (1 / b): ONNX export has no Reciprocal
+
+    def construct(self, x):
+        if self.approximate:
+            return 0.5 * x * (1.0 + ops.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+        if self.fused:
+            return self.kernel(x.astype(ms.float32)).astype(x.dtype)
+        if self.onnx_compatible:
+            return x * self.normal_cdf(x)
+        return 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476))
+
+    def normal_cdf(self, x):
+        """Phi(x) = erfc(-x / sqrt 2) / 2, from erfc(|z|) of Numerical Recipes (2nd ed., 6.2)."""
+        z = ops.abs(x) * 0.7071067811865476
+        denominator = 1.0 + 0.5 * z
+        t = self.div(ops.ones_like(denominator), denominator)
+        poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
+            0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))
+        half_erfc = 0.5 * t * ops.exp(poly - z * z)                # Phi(-|x|)
+        return ops.select(x >= 0, 1.0 - half_erfc, half_erfc)
+
+
+class Softmax(nn.Cell):
+    """Softmax over the last axis of a float32 tensor; fused: one pass per row, also for the gradient
+    (MindSpore expands the gradient into four broadcasting ops)."""
+
+    def __init__(self, fused: bool = False):
+        super().__init__()
+        self.fused = fused
+        self.kernel = kernels.softmax_op() if fused else None
+
+    def construct(self, x):
+        return self.kernel(x) if self.fused else ops.softmax(x, axis=-1)
+
+
+class SplitHeads(nn.Cell):
+    """(B, N, 3D) -> q * d ** -0.5, k, v, each (B, H, N, d); fused: a row-copying kernel (MindSpore's CPU
+    Transpose keeps an 8-byte index per element for each transpose in the graph)."""
+
+    def __init__(self, num_heads: int, head_dim: int, fused: bool = False):
+        super().__init__()
+        self.num_heads, self.head_dim, self.scale = num_heads, head_dim, head_dim ** -0.5
+        self.fused = fused
+        self.kernel = kernels.split_heads_op() if fused else None
+
+    def construct(self, qkv):
+        b, n, _ = qkv.shape
+        if self.fused:
+            qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim)          # (B, N, 3, H, d)
+            q, k, v = self.kernel(qkv.astype(ms.float32))                      # q scaled by d ** -0.5
+            return q.astype(qkv.dtype), k.astype(qkv.dtype), v.astype(qkv.dtype)
+        # Split, then reshape each of q, k, v: slicing a transposed (3, B, H, N, d) view instead makes the
+        # CPU matmuls take a strided path ~5x slower.
+        q, k, v = ops.split(qkv, qkv.shape[-1] // 3, axis=-1)                 # 3 x (B, N, D)
+        q = q.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = k.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        v = v.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        return q * self.scale, k, v
+
+
+class MergeHeads(nn.Cell):
+    """(B, H, N, d) -> (B, N, D); fused: a row-copying kernel."""
+
+    def __init__(self, fused: bool = False):
+        super().__init__()
+        self.fused = fused
+        self.kernel = kernels.swap_middle_axes_op() if fused else None
+
+    def construct(self, x):
+        b, h, n, d = x.shape
+        if self.fused:
+            return self.kernel(x.astype(ms.float32)).astype(x.dtype).reshape(b, n, h * d)
+        return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
+
+
+class Patchify(nn.Cell):
+    """Images (B, C, S, S) -> patch rows (B * N, C * P * P), each row a patch in (C, P, P) order, patches in
+    row-major grid order; fused: a row-copying kernel."""
+
+    def __init__(self, patch_size: int, fused: bool = False):
+        super().__init__()
+        self.patch_size = patch_size
+        self.fused = fused
+        self.kernel = kernels.patchify_op(patch_size) if fused else None
+
+    def construct(self, x):
+        b, c, s, p = x.shape[0], x.shape[1], x.shape[2], self.patch_size
+        g = s // p
+        if self.fused:
+            x = self.kernel(x.astype(ms.float32)).astype(x.dtype)                  # (B, N, C*P*P)
+        else:
+            x = x.reshape(b, c, g, p, g, p).transpose(0, 2, 4, 1, 3, 5)           # (B, S/P, S/P, C, P, P)
+        return x.reshape(b * g * g, c * p * p)

@@ -1,0 +1,124 @@
+"""export.py: MINDIR and ONNX files that give the checkpoint's logits, with their preprocessing and classes."""
+import json
+import os
+
+import numpy as np
+import pytest
+import mindspore as ms
+
+from helpers import assert_clean_error, run_script
+
+PREDICT_MINDIR = """
+import sys, numpy as np, mindspore as ms
+from mindspore import nn
+ms.set_device("CPU")
+net = nn.GraphCell(ms.load(sys.argv[1]))
+np.save(sys.argv[3], net(ms.Tensor(np.load(sys.argv[2]))).asnumpy())
+"""
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tmp_path_factory):
+    """A tiny ViT with non-trivial weights (random head too) saved as train.py saves, with class names."""
+    from ms_vit import create_model, checkpoint
+    net = create_model("vit_ti_16_224", num_classes=5, image_size=32, patch_size=8, embed_dim=48, depth=2,
+                       num_heads=3, mlp_dim=96)
+    rng = np.random.default_rng(0)
+    for p in net.get_parameters():
+        p.set_data(ms.Tensor((rng.standard_normal(p.shape) * 0.5).astype(np.float32)))
+    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+    checkpoint.save(net, path, meta={"class_names": ["ant", "bee", "cat", "dog", "eel"], "classes": list("abcde")})
+    return path
+
+
+def images(n=3):
+    return np.random.default_rng(1).standard_normal((n, 3, 32, 32)).astype(np.float32)
+
+
+def reference_logits(ckpt, x):
+    from ms_vit import create_model
+    net = create_model(checkpoint_path=ckpt)
+    net.set_train(False)
+    return net(ms.Tensor(x)).asnumpy()
+
+
+def test_mindir_reloads_in_a_fresh_process_with_the_same_logits(trained_ckpt, tmp_path):
+    result = run_script("export.py", "--ckpt_path", trained_ckpt, "--file_format", "MINDIR", "--batch_size", "3",
+                        "--output", str(tmp_path / "tiny"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MINDIR: " in result.stdout and (tmp_path / "tiny.mindir").exists()
+    info = json.load(open(tmp_path / "tiny.mindir.json"))
+    assert info["input"]["shape"] == [3, 3, 32, 32] and info["class_names"][2] == "cat"
+    assert info["preprocess"]["center_crop"] == 32 and info["preprocess"]["mean"] == [0.485, 0.456, 0.406]
+    assert b"ms_vit_kernels" not in (tmp_path / "tiny.mindir").read_bytes()      # no machine-bound custom ops
+    x = images()
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "predict.py").write_text(PREDICT_MINDIR)
+    run = run_script(str(tmp_path / "predict.py"), str(tmp_path / "tiny.mindir"), str(tmp_path / "x.npy"),
+                     str(tmp_path / "y.npy"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected = reference_logits(trained_ckpt, x)
+    assert np.abs(expected).max() > 1
+    assert np.abs(np.load(tmp_path / "y.npy") - expected).max() < 1e-5
+
+
+def test_onnx_passes_the_checker_and_runs_in_onnxruntime(trained_ckpt, tmp_path):
+    import onnx
+    import onnxruntime
+    result = run_script("export.py", "--ckpt_path", trained_ckpt, "--file_format", "onnx", "--batch_size", "4",
+                        "--output", str(tmp_path / "tiny"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = onnx.load(str(tmp_path / "tiny.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert "Erf" not in {node.op_type for node in model.graph.node}
+    session = onnxruntime.InferenceSession(str(tmp_path / "tiny.onnx"), providers=["CPUExecutionProvider"])
+    x = images(4)
+    logits = session.run(["logits"], {"images": x})[0]
+    assert np.abs(logits - reference_logits(trained_ckpt, x)).max() < 1e-4
+    assert json.load(open(tmp_path / "tiny.onnx.json"))["input"]["shape"] == [4, 3, 32, 32]
+
+
+def test_onnx_gelu_equals_the_erf_gelu():
+    from scipy.special import erf
+    from ms_vit.layers import GELU
+    gelu = GELU(approximate=False)
+    gelu.onnx_compatible = True
+    x = np.concatenate([np.linspace(-12, 12, 48001), np.random.default_rng(0).standard_normal(100_000) * 3])
+    x = x.astype(np.float32)
+    exact = 0.5 * x.astype(np.float64) * (1 + erf(x.astype(np.float64) / np.sqrt(2)))
+    assert np.abs(gelu(ms.Tensor(x)).asnumpy() - exact).max() < 1e-6
+
+
+def test_infer_runs_an_exported_mindir(trained_ckpt, imagenet_sample, tmp_path):
+    import glob
+    from ms_vit import create_model, data
+    run = run_script("export.py", "--ckpt_path", trained_ckpt, "--output", str(tmp_path / "tiny"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    image = sorted(glob.glob(os.path.join(imagenet_sample, "infer", "*", "*.jpg")))[0]
+    outputs = {}
+    for name, model in (("ckpt", trained_ckpt), ("mindir", str(tmp_path / "tiny.mindir"))):
+        result = run_script("infer.py", "--ckpt_path", model, image, "--output_dir", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[name] = result.stdout.splitlines()[1:6]
+    assert outputs["ckpt"] == outputs["mindir"]                   # same classes, same probabilities to 4 digits
+    net = create_model(checkpoint_path=trained_ckpt)
+    net.set_train(False)
+    top = ["ant", "bee", "cat", "dog", "eel"][int(net(data.load_image(image, net.config)).asnumpy().argmax())]
+    assert outputs["mindir"][0].startswith(f"  1. {top}  ")
+
+
+def test_bad_inputs_give_one_clear_line(trained_ckpt, tmp_path):
+    assert_clean_error(run_script("export.py", "--ckpt_path", trained_ckpt, "--file_format", "TFLITE"),
+                       "unknown --file_format TFLITE", "MINDIR, ONNX, AIR")
+    not_vit = tmp_path / "not_vit.ckpt"
+    ms.save_checkpoint([{"name": "conv.weight", "data": ms.Tensor(np.zeros((4, 3, 3, 3), np.float32))}],
+                       str(not_vit))
+    assert_clean_error(run_script("export.py", "--ckpt_path", str(not_vit)), "not a ViT checkpoint")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert_clean_error(run_script("export.py", "--ckpt_path", trained_ckpt, "--output", str(blocker / "out" / "m")),
+                       "cannot write the export")
+    assert_clean_error(run_script("export.py", "--ckpt_path", trained_ckpt, "--file_format", "AIR"),
+                       "AIR files are written on Ascend only")
+    assert_clean_error(run_script("infer.py", "--ckpt_path", str(tmp_path / "none.mindir"), str(blocker)),
+                       "model not found")
