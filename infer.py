@@ -26,6 +26,8 @@ def build_parser():
                    help="checkpoint, or a .mindir written by export.py (with its .mindir.json)")
     p.add_argument("--model", help="variant, for checkpoints that do not record it (e.g. vit_b_16_224)")
     p.add_argument("--topk", type=int, default=5, help="classes printed per image (default: %(default)s)")
+    p.add_argument("--use_ema", action="store_true",
+                   help="use the checkpoint's moving average of the weights (train.py --ema_decay)")
     p.add_argument("--output_dir", default="outputs/infer", help="pictures go here (default: %(default)s)")
     p.add_argument("--attention", action="store_true", help="also write each image's attention maps")
     p.add_argument("--plot", action="store_true", help="also write each image beside a bar chart of its top-k")
@@ -85,7 +87,7 @@ def main(argv=None):
         net = ExportedModel(args.ckpt_path)
         names = net.class_names
     else:
-        net = create_model(args.model, checkpoint_path=args.ckpt_path)
+        net = create_model(args.model, checkpoint_path=args.ckpt_path, ema=args.use_ema)
         net.set_train(False)
         names = class_names_for(net)
     os.makedirs(args.output_dir, exist_ok=True)

@@ -20,16 +20,19 @@ from mindspore.train import Model, ModelCheckpoint, CheckpointConfig, Callback
 from ms_vit.evaluate import evaluate
 from ms_vit.history import RunHistory
 from ms_vit.factory import build_model
-from ms_vit.loss import LabelSmoothingCrossEntropy
+from ms_vit.augment import Mixup
+from ms_vit.config import parse_with_config, write_config
+from ms_vit.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from ms_vit.lr import cosine_lr
-from ms_vit.optim import AdamW
+from ms_vit.optim import AdamW, layer_decay_scales
+from ms_vit.train_step import ModelEMA, TrainStep
 from ms_vit.progress import Progress, format_duration
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--data_dir", required=True, help="dataset root with train/ and val/ class folders")
+    g.add_argument("--data_dir", help="dataset root with train/ and val/ class folders (required: here or in --config)")
     g.add_argument("--num_classes", type=int, help="head size (default: the number of class folders in train/)")
     g.add_argument("--batch_size", type=int, default=64,
                    help="per device; the global batch is workers x batch_size (default: %(default)s)")
@@ -38,6 +41,20 @@ def build_parser():
     g.add_argument("--min_crop_scale", type=float, default=0.08,
                    help="smallest area fraction of the random resized crop (default: %(default)s)")
     g.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability (default: %(default)s)")
+    g.add_argument("--auto_augment", help="timm's RandAugment, e.g. rand-m9-mstd0.5-inc1 (DeiT's); default: none")
+    g.add_argument("--re_prob", type=float, default=0.0, help="random erasing probability (DeiT: 0.25) "
+                   "(default: %(default)s)")
+    g.add_argument("--re_mode", choices=["pixel", "rand", "const"], default="pixel",
+                   help="random erasing fill: per-pixel noise, per-box colour or zeros (default: %(default)s)")
+    g.add_argument("--mixup", type=float, default=0.0, help="Mixup alpha, 0: off (DeiT: 0.8) (default: %(default)s)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha, 0: off (DeiT: 1.0) (default: %(default)s)")
+    g.add_argument("--mixup_prob", type=float, default=1.0,
+                   help="probability of mixing a batch (default: %(default)s)")
+    g.add_argument("--mixup_switch_prob", type=float, default=0.5,
+                   help="probability of CutMix rather than Mixup when both are on (default: %(default)s)")
+    g.add_argument("--aug_repeats", type=int, default=0,
+                   help="repeated augmentation: each image this many times per epoch, spread over the workers "
+                        "(DeiT: 3); 0: off (default: %(default)s)")
     g.add_argument("--no_augment", action="store_true",
                    help="train on the evaluation transform (resize, centre crop): for reproducibility checks")
     g.add_argument("--no_shuffle", action="store_true",
@@ -51,6 +68,8 @@ def build_parser():
         g.add_argument(f"--{name}", type=int, help=f"override the variant's {name} (small models for CPU)")
     g.add_argument("--drop_rate", type=float, default=0.0, help="dropout (default: %(default)s)")
     g.add_argument("--drop_path_rate", type=float, default=0.1, help="stochastic depth (default: %(default)s)")
+    g.add_argument("--weight_init", choices=["jax", "timm"], default="jax",
+                   help="initialisation from scratch: jax (the ViT paper's) or timm (DeiT's) (default: %(default)s)")
     g.add_argument("--pretrained", help="checkpoint to fine-tune from (head replaced if the class count differs)")
     g.add_argument("--resume", help="checkpoint written by train.py to continue (weights, optimizer, epoch)")
     g = p.add_argument_group("optimisation")
@@ -65,8 +84,23 @@ def build_parser():
     g.add_argument("--weight_decay", type=float, default=0.05,
                    help="on weights only: not on norms, biases, class token, position embedding "
                         "(default: %(default)s)")
-    g.add_argument("--label_smoothing", type=float, default=0.1, help="(default: %(default)s)")
+    g.add_argument("--label_smoothing", type=float, default=0.1,
+                   help="also folded into Mixup/CutMix's soft targets (default: %(default)s)")
+    g.add_argument("--lr_base_size", type=int,
+                   help="linear scaling: --lr is the rate for this global batch, scaled to the actual one "
+                        "(DeiT: 512); default: --lr as given")
+    g.add_argument("--layer_decay", type=float,
+                   help="layer-wise learning-rate decay for fine-tuning (e.g. 0.65): block i of D gets "
+                        "lr x decay^(D - i); default: off")
+    g.add_argument("--clip_grad", type=float, default=0.0,
+                   help="clip the gradient's global L2 norm to this; 0: off (default: %(default)s)")
+    g.add_argument("--accumulation_steps", type=int, default=1,
+                   help="batches per optimizer step: k steps of batch B update as one of k x B (default: %(default)s)")
+    g.add_argument("--ema_decay", type=float, default=0.0,
+                   help="keep an exponential moving average of the weights, evaluated after each epoch and saved "
+                        "(DeiT: 0.99996); 0: off (default: %(default)s)")
     g = p.add_argument_group("run")
+    g.add_argument("--config", help="a recipe: YAML of these options (configs/*.yaml); the command line wins")
     g.add_argument("--ckpt_save_dir", default="outputs/train", help="(default: %(default)s)")
     g.add_argument("--log_interval", type=int, default=100,
                    help="steps between progress lines, at most 4 per epoch apart (default: %(default)s)")
@@ -89,44 +123,101 @@ def param_groups(net, weight_decay):
 
 
 class EvaluateAndKeepBest(Callback):
-    """After each epoch: top-1/top-5 on the validation set; the best epoch saved as ``best.ckpt``; the run's
-    history and curves (``ms_vit.history``) written. A resumed run continues the history and keeps the best top-1
-    of its earlier epochs: ``best.ckpt`` is never replaced by a worse epoch.
+    """After each epoch: top-1/top-5 on the validation set (of the EMA weights too, with ``ema``); the best epoch
+    saved as ``best.ckpt`` (with the EMA weights, for ``eval.py --use_ema``); the run's history and curves
+    (``ms_vit.history``) written. A resumed run continues the history and keeps the best top-1 of its earlier
+    epochs: ``best.ckpt`` is never replaced by a worse epoch.
 
     Under data parallelism every rank evaluates its shard of the validation set and the counts are summed
     (``evaluate(across_ranks=True)``); only the writer (rank 0) prints and writes files."""
 
-    def __init__(self, net, val_dataset, history, steps_per_epoch, meta, writer=True, across_ranks=False):
+    def __init__(self, net, val_dataset, history, steps_per_epoch, meta, writer=True, across_ranks=False, ema=None):
         super().__init__()
-        self.net, self.val_dataset, self.history, self.meta = net, val_dataset, history, meta
+        self.net, self.val_dataset, self.history, self.meta, self.ema = net, val_dataset, history, meta, ema
         self.steps_per_epoch, self.writer, self.across_ranks = steps_per_epoch, writer, across_ranks
         best = history.best()
         self.best_top1 = best["top1"] if best else -1.0
+
+    def evaluate_ema(self) -> dict:
+        """The EMA weights' figures: swapped into the network for the evaluation, then swapped back."""
+        trained = [p.value().copy() for p in self.ema.weights]
+        for weight, average in zip(self.ema.weights, self.ema.averages):
+            weight.set_data(average.value())
+        try:
+            return evaluate(self.net, self.val_dataset, across_ranks=self.across_ranks)
+        finally:
+            for weight, value in zip(self.ema.weights, trained):
+                weight.set_data(value)
 
     def on_train_epoch_end(self, run_context):
         epoch = run_context.original_args().cur_epoch_num
         start = time.time()
         metrics = evaluate(self.net, self.val_dataset, across_ranks=self.across_ranks)
+        entry = dict(metrics, epoch=epoch, step=epoch * self.steps_per_epoch)
+        if self.ema is not None:
+            ema = self.evaluate_ema()
+            entry.update(ema_top1=ema["top1"], ema_top5=ema["top5"], ema_loss=ema["loss"])
         seconds = time.time() - start
         self.net.set_train(True)
-        self.history.val.append(dict(metrics, epoch=epoch, step=epoch * self.steps_per_epoch))
+        self.history.val.append(entry)
         improved = metrics["top1"] > self.best_top1
         if improved:
             self.best_top1 = metrics["top1"]
         if not self.writer:
             return
-        print(f"epoch {epoch}: val top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f} loss {metrics['loss']:.4f} "
-              f"({metrics['num_images']} images, {seconds:.1f} s){'  best so far' if improved else ''}", flush=True)
+        ema_text = f", EMA top-1 {entry['ema_top1']:.4f} top-5 {entry['ema_top5']:.4f}" if self.ema else ""
+        print(f"epoch {epoch}: val top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f} loss {metrics['loss']:.4f}"
+              f"{ema_text} ({metrics['num_images']} images, {seconds:.1f} s){'  best so far' if improved else ''}",
+              flush=True)
         if improved:
             checkpoint.save(self.net, os.path.join(self.history.folder, "best.ckpt"),
-                            meta=dict(self.meta, epoch=epoch, metrics=metrics))
+                            meta=dict(self.meta, epoch=epoch, metrics=metrics),
+                            extra_params=list(self.ema.averages) if self.ema else None)
         self.history.save()
 
 
+def build_train_step(args, net, steps: int, global_batch: int, amp_level: str, writer: bool, soft_targets: bool):
+    """The loss (soft-target cross-entropy after Mixup/CutMix, else label-smoothed), optimizer (AdamW or Adam,
+    cosine schedule, layer decay), EMA and ``TrainStep`` of the recipe; returns ``(train_step, ema, per-step
+    learning rates)``."""
+    lr = args.lr
+    if args.lr_base_size:
+        lr = args.lr * global_batch / args.lr_base_size
+        if writer:
+            print(f"learning rate {args.lr:g} x global batch {global_batch} / {args.lr_base_size} = {lr:g} "
+                  "(linear scaling)", flush=True)
+    # the schedule per step; the optimizer steps once every --accumulation_steps steps
+    lrs = cosine_lr(lr, steps, args.epoch_size, args.warmup_epochs, args.min_lr)
+    k = args.accumulation_steps
+    groups = param_groups(net, args.weight_decay)
+    scales = (layer_decay_scales([p.name for p in net.trainable_params()], net.config.depth, args.layer_decay)
+              if args.layer_decay else None)
+    schedule = ms.Tensor(lrs[k - 1::k])
+    if args.optimizer == "adamw":
+        optimizer = AdamW(groups, learning_rate=schedule, lr_scales=scales)
+    elif scales:
+        raise ValueError("--layer_decay needs --optimizer adamw")
+    else:
+        optimizer = nn.Adam(groups, learning_rate=schedule)
+    # label smoothing is folded into Mixup's soft targets
+    loss_fn = SoftTargetCrossEntropy() if soft_targets else LabelSmoothingCrossEntropy(args.label_smoothing)
+    ema = ModelEMA(net.trainable_params(), args.ema_decay) if args.ema_decay else None
+    compute = ms.amp.auto_mixed_precision(net, amp_level) if amp_level != "O0" else net
+    scaler = device.loss_scale_manager(amp_level)
+    train_step = TrainStep(nn.WithLossCell(compute, loss_fn), optimizer,
+                           scaler.get_update_cell() if scaler else None, args.clip_grad, k, ema)
+    return train_step, ema, lrs
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parse_with_config(parser, argv)
+    if not args.data_dir:
+        raise ValueError("--data_dir is required (on the command line or in the --config file)")
     if args.pretrained and args.resume:
         raise ValueError("give --pretrained or --resume, not both")
+    if args.accumulation_steps < 1:
+        raise ValueError(f"--accumulation_steps must be at least 1, not {args.accumulation_steps}")
     target, amp_level, rank, group_size = device.setup(args.device_target, args.mode, args.amp_level, args.seed,
                                                        args.distribute)
     train_dir, val_dir = os.path.join(args.data_dir, "train"), os.path.join(args.data_dir, "val")
@@ -145,53 +236,57 @@ def main(argv=None):
     fused_kernels = None if amp_level == "O0" else False     # the fused CPU kernels compute in float32 only
     if args.resume:
         resume_params, resume_meta = checkpoint.read(args.resume)       # read once: weights and optimizer state
-        net = build_model(args.model, resume_params, resume_meta, args.resume, num_classes, args.image_size,
-                          fused_kernels, drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate)
+        # the architecture is the checkpoint's: the same command line with --resume added continues the run
+        net = build_model(None if "config" in resume_meta else args.model, resume_params, resume_meta, args.resume,
+                          num_classes, args.image_size, fused_kernels, drop_rate=args.drop_rate,
+                          drop_path_rate=args.drop_path_rate)
         start_epoch = int(resume_params["epoch_num"]) if "epoch_num" in resume_params else resume_meta.get("epoch", 0)
     else:
         net = create_model(args.model or (None if args.pretrained else "vit_b_16_224"), num_classes=num_classes,
                            image_size=args.image_size, checkpoint_path=args.pretrained, fused_kernels=fused_kernels,
-                           drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate, **overrides)
+                           drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate,
+                           weight_init=args.weight_init, **overrides)
     config = net.config
     names = data.class_names(args.data_dir, classes)
     shard = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
-    train_ds = data.create_dataset(train_dir, classes, config, args.batch_size, training=True,
-                                   num_workers=args.num_workers, min_crop_scale=args.min_crop_scale,
-                                   hflip=args.hflip, augment=not args.no_augment, shuffle=not args.no_shuffle,
-                                   **shard)
+    writer = rank == 0                         # one writer: rank 0 alone prints and writes --ckpt_save_dir
+    global_batch = group_size * args.batch_size
     val_ds = data.create_dataset(val_dir, classes, config, args.batch_size, training=False,
                                  num_workers=args.num_workers, **shard)
-    steps = train_ds.get_dataset_size()         # per rank = global steps: every rank takes each step together
-    global_batch = group_size * args.batch_size
     batches = f"{group_size} workers x {args.batch_size} = global batch {global_batch}" if group_size > 1 \
         else f"batch {args.batch_size}"
+    mixup = (Mixup(args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob, args.label_smoothing, num_classes)
+             if args.mixup > 0 or args.cutmix > 0 else None)
+    train_ds = data.create_dataset(
+        train_dir, classes, config, args.batch_size, training=True, num_workers=args.num_workers,
+        min_crop_scale=args.min_crop_scale, hflip=args.hflip, augment=not args.no_augment,
+        shuffle=not args.no_shuffle, auto_augment=args.auto_augment, re_prob=args.re_prob, re_mode=args.re_mode,
+        mixup=mixup, repeated_aug=args.aug_repeats, seed=args.seed, **shard)
+    steps = train_ds.get_dataset_size()         # per rank = global steps: every rank takes each step together
     if steps == 0:
         raise ValueError(f"{num_train} training images make no full step of {batches}: lower --batch_size"
                          + (" or the number of workers" if group_size > 1 else ""))
+    train_step, ema, lrs = build_train_step(args, net, steps, global_batch, amp_level, writer, mixup is not None)
     if start_epoch >= args.epoch_size:
         raise ValueError(f"{args.resume} already finished epoch {start_epoch} of --epoch_size {args.epoch_size}")
-
-    lrs = cosine_lr(args.lr, steps, args.epoch_size, args.warmup_epochs, args.min_lr)
-    groups = param_groups(net, args.weight_decay)
-    lr = ms.Tensor(lrs)
-    optimizer = AdamW(groups, learning_rate=lr) if args.optimizer == "adamw" else nn.Adam(groups, learning_rate=lr)
     if resume_params:
-        # moments, step count, bias-correction powers; the schedule itself is rebuilt for --epoch_size
-        state = {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in resume_params.items()
-                 if k in {p.name for p in optimizer.get_parameters()} and k != "learning_rate"}
-        ms.load_param_into_net(optimizer, state)
-    loss_fn = LabelSmoothingCrossEntropy(args.label_smoothing)
-    model = Model(net, loss_fn=loss_fn, optimizer=optimizer, amp_level=amp_level,
-                  loss_scale_manager=device.loss_scale_manager(amp_level))
+        # optimizer moments and step count, EMA, accumulated gradients, by exact name (load_param_into_net matches
+        # names loosely: it wrote Adam's moments into the weights); the schedule itself is rebuilt
+        network = {p.name for p in net.get_parameters()}
+        for param in train_step.get_parameters():
+            if param.name in resume_params and param.name not in network and param.name != "learning_rate":
+                param.set_data(ms.Tensor(resume_params[param.name], param.dtype))
+    model = Model(train_step)
 
-    writer = rank == 0                         # one writer: rank 0 alone prints and writes --ckpt_save_dir
     if writer:
         os.makedirs(args.ckpt_save_dir, exist_ok=True)
-    meta = {"config": config.to_dict(), "classes": classes, "class_names": names}
+        write_config(args, os.path.join(args.ckpt_save_dir, "config.yaml"))
+    meta = {"config": config.to_dict(), "classes": classes, "class_names": names,
+            "train_config": {k: v for k, v in vars(args).items() if k != "config"}}
     saved_every_epoch = CheckpointConfig(save_checkpoint_steps=steps, keep_checkpoint_max=args.keep_checkpoint_max,
                                          append_info=["epoch_num", "step_num", {checkpoint.META_KEY: json.dumps(meta)}])
     history = RunHistory(args.ckpt_save_dir, start_epoch)
-    keep_best = EvaluateAndKeepBest(net, val_ds, history, steps, meta, writer, across_ranks=group_size > 1)
+    keep_best = EvaluateAndKeepBest(net, val_ds, history, steps, meta, writer, across_ranks=group_size > 1, ema=ema)
     progress = Progress(steps, args.epoch_size, global_batch, lrs, min(args.log_interval, max(1, steps // 4)),
                         writer, across_ranks=group_size > 1, history=history.train)
     callbacks = [progress, keep_best]

@@ -16,6 +16,7 @@ import mindspore as ms
 import mindspore.dataset as ds
 from mindspore.dataset import vision
 
+from . import augment as augment_module
 from .vit import ViTConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -120,13 +121,24 @@ def eval_transforms(config: ViTConfig):
             vision.CenterCrop(size)] + _to_tensor(config)
 
 
-def train_transforms(config: ViTConfig, min_crop_scale: float = 0.08, hflip: float = 0.5):
-    """Inception-style random resized crop (decoded and resized in one op), horizontal flip, normalise, CHW."""
+def train_transforms(config: ViTConfig, min_crop_scale: float = 0.08, hflip: float = 0.5,
+                     auto_augment: Optional[str] = None, re_prob: float = 0.0, re_mode: str = "pixel"):
+    """Inception-style random resized crop (decoded and resized in one op), horizontal flip, timm's RandAugment
+    (``auto_augment``, e.g. ``rand-m9-mstd0.5-inc1``), normalise, CHW, timm's random erasing (``re_prob``)."""
     ops = [vision.RandomCropDecodeResize(config.image_size, scale=(min_crop_scale, 1.0), ratio=(0.75, 1.333),
                                          interpolation=_INTERPOLATION[config.interpolation])]
     if hflip > 0:
         ops.append(vision.RandomHorizontalFlip(prob=hflip))
-    return ops + _to_tensor(config)
+    if auto_augment:
+        from PIL import Image as PILImage
+        resample = {"bicubic": PILImage.BICUBIC, "bilinear": PILImage.BILINEAR}.get(config.interpolation,
+                                                                                     PILImage.BICUBIC)
+        ops.append(augment_module.RandAugment.from_string(auto_augment, fill=tuple(round(255 * m) for m in config.mean),
+                                                   interpolation=resample))
+    ops += _to_tensor(config)
+    if re_prob > 0:
+        ops.append(augment_module.RandomErasing(re_prob, re_mode))
+    return ops
 
 
 def _to_tensor(config):
@@ -136,30 +148,42 @@ def _to_tensor(config):
 
 def create_dataset(split_dir: str, classes: List[str], config: ViTConfig, batch_size: int, training: bool,
                    num_workers: int = 2, num_shards: Optional[int] = None, shard_id: Optional[int] = None,
-                   min_crop_scale: float = 0.08, hflip: float = 0.5, augment: bool = True, shuffle: bool = True):
-    """A batched ``ImageFolderDataset`` of (image float32 (B, C, S, S), label int32 (B,)).
+                   min_crop_scale: float = 0.08, hflip: float = 0.5, augment: bool = True, shuffle: bool = True,
+                   auto_augment: Optional[str] = None, re_prob: float = 0.0, re_mode: str = "pixel",
+                   mixup: Optional["augment_module.Mixup"] = None, repeated_aug: int = 0, seed: int = 0):
+    """A batched ``ImageFolderDataset`` of (image float32 (B, C, S, S), label int32 (B,)), or with ``mixup``
+    (label float32 (B, K) soft targets).
 
     Training shuffles (unless ``shuffle=False``: the folder order), augments (unless ``augment=False``: the
-    evaluation transform) and drops the last partial batch; evaluation keeps every image in order.
+    evaluation transform; see ``train_transforms``) and drops the last partial batch; evaluation keeps every image
+    in order.
 
     With ``num_shards`` (data-parallel ranks), rank ``shard_id`` reads its own shard: for training MindSpore's
     distributed sampler (shards disjoint in every epoch when every rank has the same dataset seed, padded to
-    equal size so that every rank runs the same number of steps); for evaluation images
+    equal size so that every rank runs the same number of steps) or, with ``repeated_aug`` > 1, timm's repeated
+    augmentation sampler (``augment.RepeatedAugmentSampler``, seeded by ``seed``); for evaluation images
     ``shard_id, shard_id + num_shards, ...``, so that the shards together hold every image exactly once."""
     common = dict(extensions=list(_all_cases(IMAGE_EXTENSIONS)), class_indexing={c: i for i, c in enumerate(classes)},
                   num_parallel_workers=num_workers)
-    if training or not num_shards:
+    if training and repeated_aug > 1:
+        total = ds.ImageFolderDataset(split_dir, **common).get_dataset_size()
+        sampler = augment_module.RepeatedAugmentSampler(total, num_shards or 1, shard_id or 0, repeated_aug, seed)
+        dataset = ds.ImageFolderDataset(split_dir, sampler=sampler, **common)
+    elif training or not num_shards:
         dataset = ds.ImageFolderDataset(split_dir, shuffle=training and shuffle, num_shards=num_shards,
                                         shard_id=shard_id, **common)
     else:
         total = ds.ImageFolderDataset(split_dir, **common).get_dataset_size()
         dataset = ds.ImageFolderDataset(split_dir, sampler=ds.SubsetSampler(list(range(shard_id, total, num_shards))),
                                         **common)
-    transforms = (train_transforms(config, min_crop_scale, hflip) if training and augment
-                  else eval_transforms(config))
+    transforms = (train_transforms(config, min_crop_scale, hflip, auto_augment, re_prob, re_mode)
+                  if training and augment else eval_transforms(config))
     dataset = dataset.map(transforms, input_columns="image", num_parallel_workers=num_workers)
     dataset = dataset.map(lambda x: x.astype(np.int32), input_columns="label")
-    return dataset.batch(batch_size, drop_remainder=training)
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    if training and mixup is not None:
+        dataset = dataset.map(mixup, input_columns=["image", "label"], num_parallel_workers=1)
+    return dataset
 
 
 def _all_cases(extensions):

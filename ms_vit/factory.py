@@ -11,7 +11,8 @@ _WEIGHT_FIELDS = ("gelu_approximate", "layer_norm_eps", "mean", "std", "crop_pct
 
 
 def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, image_size: Optional[int] = None,
-                 checkpoint_path: Optional[str] = None, fused_kernels: Optional[bool] = None, **overrides) -> ViT:
+                 checkpoint_path: Optional[str] = None, fused_kernels: Optional[bool] = None, ema: bool = False,
+                 **overrides) -> ViT:
     """Build a ViT variant and optionally load a checkpoint into it.
 
     Args:
@@ -25,6 +26,8 @@ def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, 
         checkpoint_path: a ``.ckpt`` to load; every parameter must fit (see ``checkpoint.load_into``).
         fused_kernels: run on the fused CPU kernels (faster, same numbers); default: on CPU when they can be built
             here; ``False``: MindSpore's operators only (what exports need). See ``ms_vit.layers``.
+        ema: load the checkpoint's exponential moving average of the weights (``ema.*``, written by train.py
+            with ``--ema_decay``) instead of the trained weights.
         **overrides: any other ``ViTConfig`` field (``patch_size``, ``depth``, ``drop_path_rate``,
             ``gelu_approximate``, ...).
 
@@ -32,6 +35,8 @@ def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, 
         The ``ViT``; ``net.checkpoint_meta`` holds what the checkpoint recorded (class names, epoch...).
     """
     params, meta = checkpoint.read(checkpoint_path) if checkpoint_path else ({}, {})
+    if ema:
+        params = checkpoint.ema_params(params, checkpoint_path)
     return build_model(name, params, meta, checkpoint_path, num_classes, image_size, fused_kernels, **overrides)
 
 

@@ -25,3 +25,15 @@ class LabelSmoothingCrossEntropy(nn.Cell):
         nll = -ops.gather_elements(log_probs, 1, labels.astype(ms.int32).reshape(-1, 1)).squeeze(1)
         smooth = -log_probs.mean(axis=-1)
         return ((1.0 - self.smoothing) * nll + self.smoothing * smooth).mean()
+
+
+class SoftTargetCrossEntropy(nn.Cell):
+    """Cross-entropy against soft targets (Mixup/CutMix, with label smoothing folded in), averaged over the batch:
+    ``mean_b(sum_k -target[b, k] * log_softmax(logits)[b, k])``, in float32.
+
+    Inputs: logits (B, K) and targets (B, K) summing to 1 per row. Outputs: the scalar mean loss.
+    """
+
+    def construct(self, logits, targets):
+        log_probs = ops.log_softmax(logits.astype(ms.float32), axis=-1)             # (B, K)
+        return (-targets.astype(ms.float32) * log_probs).sum(axis=-1).mean()

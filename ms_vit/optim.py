@@ -18,10 +18,11 @@ _adamw_update = ops.MultitypeFuncGraph("adamw_update")
 
 
 @_adamw_update.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                        "Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Bool")
-def _update(adam, beta1_power, beta2_power, lr, beta1, beta2, eps, weight_decay, param, moment1, moment2,
-            gradient, decay_flag, optim_filter):
+                        "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Bool")
+def _update(adam, beta1_power, beta2_power, base_lr, beta1, beta2, eps, weight_decay, lr_scale, param, moment1,
+            moment2, gradient, decay_flag, optim_filter):
     """One parameter's AdamW step: decay first (as torch), then the fused Adam update."""
+    lr = base_lr * lr_scale
     if optim_filter:
         if decay_flag:
             ops.assign(param, param * (1.0 - lr * weight_decay).astype(param.dtype))
@@ -38,12 +39,16 @@ class AdamW(nn.AdamWeightDecay):
         learning_rate: float, or per-step list/Tensor (``ms_vit.lr.cosine_lr``).
         beta1, beta2, eps: as torch (defaults 0.9, 0.999, 1e-8).
         weight_decay: decoupled weight decay (per group if groups give one).
+        lr_scales: a factor on the learning rate per parameter name (layer-wise decay: ``layer_decay_scales``);
+            1 for names not in it.
     """
 
-    def __init__(self, params, learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                 lr_scales=None):
         super().__init__(params, learning_rate, beta1, beta2, eps, weight_decay)
         if self.is_group_lr:
             raise ValueError("AdamW here takes one learning-rate schedule for all groups")
+        self.lr_scales = tuple(Tensor((lr_scales or {}).get(p.name, 1.0), ms.float32) for p in self._parameters)
         self.beta1_power = Parameter(Tensor([1.0], ms.float32), name="beta1_power")
         self.beta2_power = Parameter(Tensor([1.0], ms.float32), name="beta2_power")
         self.adam = ops.Adam()
@@ -62,9 +67,24 @@ class AdamW(nn.AdamWeightDecay):
         if self.is_group:
             update = ops.partial(_adamw_update, self.adam, beta1_power, beta2_power, lr, self.beta1, self.beta2,
                                  eps_t)
-            return self.hyper_map(update, weight_decay, self._parameters, self.moments1, self.moments2, gradients,
-                                  self.decay_flags, self.optim_filter)
+            return self.hyper_map(update, weight_decay, self.lr_scales, self._parameters, self.moments1,
+                                  self.moments2, gradients, self.decay_flags, self.optim_filter)
         update = ops.partial(_adamw_update, self.adam, beta1_power, beta2_power, lr, self.beta1, self.beta2, eps_t,
                              weight_decay)
-        return self.hyper_map(update, self._parameters, self.moments1, self.moments2, gradients, self.decay_flags,
-                              self.optim_filter)
+        return self.hyper_map(update, self.lr_scales, self._parameters, self.moments1, self.moments2, gradients,
+                              self.decay_flags, self.optim_filter)
+
+
+def layer_id(name: str, depth: int) -> int:
+    """timm's ViT layer index for layer-wise decay: embeddings 0, block i -> i + 1, final norm and head depth + 1."""
+    if name.startswith(("cls", "pos_embedding", "patch_embedding.")):
+        return 0
+    if name.startswith("transformer.layers."):
+        return int(name.split(".")[2]) + 1
+    return depth + 1
+
+
+def layer_decay_scales(names, depth: int, decay: float) -> dict:
+    """Learning-rate factor per parameter: ``decay ** (depth + 1 - layer_id)`` (timm's ``param_groups_layer_decay``,
+    BEiT's fine-tuning rule): 1 for the head, ``decay ** (depth + 1)`` for the embeddings."""
+    return {name: decay ** (depth + 1 - layer_id(name, depth)) for name in names}

@@ -29,7 +29,7 @@ from typing import Optional, Tuple
 
 import mindspore as ms
 from mindspore import nn, ops, Parameter
-from mindspore.common.initializer import initializer, TruncatedNormal, XavierUniform, Zero
+from mindspore.common.initializer import initializer, Normal, TruncatedNormal, Uniform, XavierUniform, Zero
 
 from .layers import GELU, Dense, LayerNorm, Linear, MergeHeads, Patchify, Softmax, SplitHeads, use_fused_kernels
 
@@ -64,6 +64,9 @@ class ViTConfig:
     drop_rate: float = 0.0            # dropout after the position embedding, in the MLP and the projection
     attn_drop_rate: float = 0.0       # dropout on the attention weights
     drop_path_rate: float = 0.0       # stochastic depth, linearly increasing to this value at the last block
+    # Initialisation of a model trained from scratch: "jax" (the ViT paper's: Xavier-uniform Dense, zero head) or
+    # "timm" (timm's default, as DeiT trained: truncated-normal(0.02) Dense and head). See ViT.init_weights.
+    weight_init: str = "jax"
     # Preprocessing the weights expect.
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
@@ -78,6 +81,8 @@ class ViTConfig:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.global_pool not in ("token", "mean"):
             raise ValueError(f"global_pool must be 'token' or 'mean', not {self.global_pool!r}")
+        if self.weight_init not in ("jax", "timm"):
+            raise ValueError(f"weight_init must be 'jax' or 'timm', not {self.weight_init!r}")
 
     @property
     def grid_size(self) -> int:
@@ -325,15 +330,30 @@ class ViT(nn.Cell):
         self.norm = LayerNorm(c.embed_dim, c.layer_norm_eps, fused)
         self.dense = Dense(c.embed_dim, c.num_classes, fused)
         self.mean_pool = c.global_pool == "mean"
-        self._init_weights()
+        self.init_weights(c.weight_init)
 
-    def _init_weights(self):
-        """As the ViT paper and timm: Xavier-uniform Dense weights with zero bias, zero head."""
+    def init_weights(self, mode: str = "jax"):
+        """``"jax"``, the ViT paper's (and timm's ``jax`` mode): Xavier-uniform Dense weights, zero biases, zero
+        head; ``"timm"``, timm's default (DeiT's): truncated-normal(0.02) Dense weights and head, zero biases,
+        class token N(0, 1e-6), patch projection uniform(+-1 / sqrt(fan_in)) as PyTorch's Conv2d. Both:
+        truncated-normal(0.02) position embedding, LayerNorm ones and zeros."""
+        def fill(param, init):
+            param.set_data(initializer(init, param.shape, param.dtype))
+
         for _, cell in self.cells_and_names():
             if isinstance(cell, nn.Dense):
-                cell.weight.set_data(initializer(XavierUniform(), cell.weight.shape, cell.weight.dtype))
-                cell.bias.set_data(initializer(Zero(), cell.bias.shape, cell.bias.dtype))
-        self.dense.weight.set_data(initializer(Zero(), self.dense.weight.shape, self.dense.weight.dtype))
+                fill(cell.weight, XavierUniform() if mode == "jax" else TruncatedNormal(0.02))
+                fill(cell.bias, Zero())
+        fill(self.pos_embedding, TruncatedNormal(0.02))
+        if mode == "jax":
+            fill(self.dense.weight, Zero())
+            fill(self.cls, TruncatedNormal(0.02))
+        else:
+            fill(self.cls, Normal(1e-6))
+            conv = self.patch_embedding.conv
+            bound = 1.0 / math.sqrt(math.prod(conv.weight.shape[1:]))
+            fill(conv.weight, Uniform(bound))
+            fill(conv.bias, Uniform(bound))
 
     def embed(self, x):
         """Images (B, C, S, S) -> tokens (B, 1 + N, D): class token and patches, with position embedding."""

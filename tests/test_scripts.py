@@ -48,6 +48,9 @@ def test_resume_continues_epoch_and_optimizer(trained):
     assert before["global_step"].asnumpy().item() == 2 and after["global_step"].asnumpy().item() == 4
     assert after["epoch_num"].asnumpy().item() == 2
     assert np.abs(after["adam_m.cls"].asnumpy()).max() > 0        # optimizer state carried on
+    for name in ("cls", "transformer.layers.0.0.cell.1.qkv.weight"):  # ... into the moments, not the weights
+        assert np.abs(after[name].asnumpy() - before[name].asnumpy()).max() < 0.01
+        assert not np.allclose(after[name].asnumpy(), after["adam_m." + name].asnumpy())
     assert not np.array_equal(before["cls"].asnumpy(), after["cls"].asnumpy())
 
 
@@ -112,7 +115,7 @@ def test_bad_inputs_give_one_clear_line(trained, tmp_path):
 
 
 def test_help_of_every_entry_point():
-    for script in ("train.py", "eval.py", "infer.py", "demo.py"):
+    for script in ("train.py", "eval.py", "infer.py", "demo.py", "export.py"):
         result = run_script(script, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout
     for command in ("download", "demo", "imagenet-sample"):
