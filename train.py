@@ -68,8 +68,9 @@ def build_parser():
         g.add_argument(f"--{name}", type=int, help=f"override the variant's {name} (small models for CPU)")
     g.add_argument("--drop_rate", type=float, default=0.0, help="dropout (default: %(default)s)")
     g.add_argument("--drop_path_rate", type=float, default=0.1, help="stochastic depth (default: %(default)s)")
-    g.add_argument("--weight_init", choices=["jax", "timm"], default="jax",
-                   help="initialisation from scratch: jax (the ViT paper's) or timm (DeiT's) (default: %(default)s)")
+    g.add_argument("--weight_init", choices=["timm", "jax"], default="timm",
+                   help="initialisation from scratch: timm (timm's default, DeiT's) or jax (the ViT paper's) "
+                        "(default: %(default)s)")
     g.add_argument("--pretrained", help="checkpoint to fine-tune from (head replaced if the class count differs)")
     g.add_argument("--resume", help="checkpoint written by train.py to continue (weights, optimizer, epoch)")
     g = p.add_argument_group("optimisation")

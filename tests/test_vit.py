@@ -66,7 +66,7 @@ def test_b16_layout_equals_reference():
 
 
 def test_forward_and_training_step(mode):
-    net = tiny(drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.1)
+    net = tiny(drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.1, weight_init="jax")
     x, y = images(), ms.Tensor(np.array([1, 2, 3, 4], np.int32))
     net.set_train(False)
     assert net(x).shape == (4, 10)
@@ -79,7 +79,7 @@ def test_forward_and_training_step(mode):
 
 
 def test_initialisation_as_paper():
-    net = create_model("vit_s_16_224")
+    net = create_model("vit_s_16_224", weight_init="jax")
     pos = net.pos_embedding.asnumpy()
     assert 0.018 < pos.std() < 0.022 and abs(pos.mean()) < 1e-3   # truncated normal, std 0.02 (as timm)
     assert not net.dense.weight.asnumpy().any() and not net.dense.bias.asnumpy().any()
