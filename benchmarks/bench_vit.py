@@ -68,7 +68,7 @@ def run_mindspore(model, case, batch, repeats):
         step_cell.set_train(True)
 
         def step():
-            step_cell(images, labels).asnumpy()
+            step_cell(images, labels)[0].asnumpy()          # (loss, overflow, loss scale)
     else:
         net.set_train(False)
 

@@ -10,7 +10,8 @@ accumulation, clipping by global norm, the optimizer, and the EMA of the weights
   all parameters together (``ops.clip_by_global_norm``, as ``torch.nn.utils.clip_grad_norm_``);
 * ``ema``: after each optimizer step ``ema = decay * ema + (1 - decay) * weights`` (timm's ``ModelEmaV2``).
 
-Outputs: ``(loss, overflow, loss_scale)`` as MindSpore's cell, so ``Model`` and its callbacks work unchanged.
+Outputs: ``(loss, overflow, loss_scale)`` as MindSpore's cell, so ``Model`` and its callbacks work unchanged
+(``overflow`` is False without loss scaling).
 """
 from typing import Optional
 
@@ -60,7 +61,8 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
     Args:
         network: the network with its loss, ``(images, labels) -> loss``.
         optimizer: updates ``network``'s trainable parameters.
-        scale_sense: a ``nn.DynamicLossScaleUpdateCell`` (AMP O2) or a fixed scale (default 1: float32).
+        scale_sense: a ``nn.DynamicLossScaleUpdateCell`` (AMP O2) or a fixed scale; default: none (float32: no
+            scaling, no overflow check, the graph of ``nn.TrainOneStepCell``).
         clip_grad_norm: the largest global gradient norm (0: no clipping).
         accumulation_steps: batches per optimizer step.
         ema: a ``ModelEMA`` of the network's parameters, updated after each optimizer step, or None.
@@ -69,6 +71,7 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
     def __init__(self, network, optimizer, scale_sense=None, clip_grad_norm: float = 0.0,
                  accumulation_steps: int = 1, ema: Optional[ModelEMA] = None):
         super().__init__(network, optimizer, scale_sense if scale_sense is not None else Tensor([1.0], ms.float32))
+        self.loss_scaling = scale_sense is not None
         if accumulation_steps < 1:
             raise ValueError(f"accumulation steps must be at least 1, not {accumulation_steps}")
         self.clip_grad_norm = float(clip_grad_norm)
@@ -103,15 +106,23 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
     def construct(self, *inputs):
         loss = self.network(*inputs)
         scaling_sens = self.scale_sense
-        status = Tensor([0] * 8, ms.int32)
-        scaling_sens_filled = ops.ones_like(loss) * ops.cast(scaling_sens, ops.dtype(loss))
-        grads = self.grad(self.network, self.weights)(*inputs, scaling_sens_filled)
-        grads = self.hyper_map(ops.partial(_grad_scale, scaling_sens), grads)
-        grads = self.grad_reducer(grads)
-        cond = self.get_overflow_status(status, grads)
-        overflow = self.process_loss_scale(cond)
+        if self.loss_scaling:                     # AMP: scaled gradients, skipped steps on overflow
+            status = Tensor([0] * 8, ms.int32)
+            scaling_sens_filled = ops.ones_like(loss) * ops.cast(scaling_sens, ops.dtype(loss))
+            grads = self.grad(self.network, self.weights)(*inputs, scaling_sens_filled)
+            grads = self.hyper_map(ops.partial(_grad_scale, scaling_sens), grads)
+            grads = self.grad_reducer(grads)
+            cond = self.get_overflow_status(status, grads)
+            overflow = self.process_loss_scale(cond)
+        else:                                     # float32: the graph of MindSpore's TrainOneStepCell
+            grads = self.grad(self.network, self.weights)(*inputs, ops.ones_like(loss))
+            grads = self.grad_reducer(grads)
+            cond = overflow = False
         if self.accumulation_steps == 1:
-            if not overflow:
+            if self.loss_scaling:
+                if not overflow:
+                    loss = ops.depend(loss, self.apply(grads))
+            else:
                 loss = ops.depend(loss, self.apply(grads))
             return loss, cond, scaling_sens
         if not overflow:                          # an overflowing micro-batch is left out of the mean
