@@ -16,7 +16,8 @@
 The library is compiled on first use into ``$MS_VIT_CACHE/kernels`` (default ``~/.cache/ms_vit/kernels``). If
 no compiler is available or the compilation fails, the ``*_op()`` factories and ``linear()`` return ``None``
 and the model keeps MindSpore's own
-operators: slower, same numbers. ``MS_VIT_FUSED_KERNELS=0`` turns the kernels off.
+operators: slower, same numbers. ``MS_VIT_FUSED_KERNELS=0`` turns the kernels off for the process;
+``create_model(fused_kernels=False)`` for one model (``ms_vit.layers`` makes the choice per block).
 """
 import fcntl
 import functools
