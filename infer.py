@@ -92,7 +92,8 @@ def main(argv=None):
         names = class_names_for(net)
     os.makedirs(args.output_dir, exist_ok=True)
     for path in args.images:
-        image = data.load_image(path, net.config)
+        crop = data.read_image(path, net.config)                  # decoded once: for the model and the pictures
+        image = data.to_model_input(crop, net.config)
         probs = softmax(net(image).asnumpy().astype(np.float64))[0]
         top = np.argsort(-probs)[:args.topk]
         print(path)
@@ -103,8 +104,9 @@ def main(argv=None):
         render_label(path, label, f"{stem}_pred.png")
         print(f"  rendered: {stem}_pred.png")
         if args.plot or args.attention:
+            from PIL import Image
             from ms_vit import plots
-            view = plots.model_view(path, net.config)
+            view = Image.fromarray(crop)
             if args.plot:
                 plots.plot_topk(view, [data.short_name(names[i]) for i in top], probs[top], f"{stem}_topk.png")
                 print(f"  top-{len(top)} chart: {stem}_topk.png")

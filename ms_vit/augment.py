@@ -108,8 +108,8 @@ class RandAugment:
             raise ValueError(f"auto augment {spec!r}: only timm's RandAugment ('rand-m9-mstd0.5-inc1') is supported")
         values = {}
         for part in parts[1:]:
-            key, value = re.match(r"([a-z]+)([\d.]+)$", part).groups() if re.match(r"([a-z]+)([\d.]+)$", part) \
-                else (part, "")
+            match = re.match(r"([a-z]+)([\d.]+)$", part)
+            key, value = match.groups() if match else (part, "")
             values[key] = value
         if values.get("inc", "1") != "1":
             raise ValueError(f"auto augment {spec!r}: only the increasing op set (inc1) is implemented")

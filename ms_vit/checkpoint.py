@@ -17,6 +17,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
+from .files import write_atomically
 from .vit import ARCHS, ViTConfig, config_name
 
 logger = logging.getLogger("ms_vit")
@@ -38,9 +39,7 @@ def save(net: nn.Cell, path: str, meta: Optional[dict] = None, extra_params=None
     meta.setdefault("config", net.config.to_dict())
     params = [{"name": p.name, "data": p} for p in net.get_parameters()]
     params += [{"name": p.name, "data": p} for p in (extra_params or [])]
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp.ckpt")  # .ckpt: kept as named
-    ms.save_checkpoint(params, tmp, append_dict={META_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: ms.save_checkpoint(params, tmp, append_dict={META_KEY: json.dumps(meta)}))
 
 
 def read(path: str):

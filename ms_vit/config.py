@@ -5,10 +5,11 @@ is an error that lists the valid ones. The resolved options are written as ``con
 (and recorded inside them) so that a run can be repeated with ``--config that/config.yaml``.
 """
 import argparse
-import os
 from typing import List, Optional
 
 import yaml
+
+from .files import write_atomically
 
 
 class ConfigError(ValueError):
@@ -55,7 +56,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Optional[List[str]]
 def write_config(args: argparse.Namespace, path: str) -> None:
     """The resolved options as YAML (atomically)."""
     values = {k: v for k, v in sorted(vars(args).items()) if k != "config"}
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(values, f, sort_keys=True)
-    os.replace(tmp, path)
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            yaml.safe_dump(values, f, sort_keys=True)
+    write_atomically(path, write)

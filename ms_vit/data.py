@@ -113,12 +113,18 @@ def short_name(words: str) -> str:
     return words.split(",")[0].strip()
 
 
-def eval_transforms(config: ViTConfig):
-    """Decode, resize the short side to ``size / crop_pct`` (aspect kept), centre-crop, normalise, CHW."""
+def crop_transforms(config: ViTConfig):
+    """Decode, resize the short side to ``size / crop_pct`` (aspect kept), centre-crop: HWC uint8, what the model
+    sees."""
     size = config.image_size
     return [vision.Decode(),
             vision.Resize(int(size / config.crop_pct), interpolation=_INTERPOLATION[config.interpolation]),
-            vision.CenterCrop(size)] + _to_tensor(config)
+            vision.CenterCrop(size)]
+
+
+def eval_transforms(config: ViTConfig):
+    """``crop_transforms``, then normalise, CHW."""
+    return crop_transforms(config) + _to_tensor(config)
 
 
 def train_transforms(config: ViTConfig, min_crop_scale: float = 0.08, hflip: float = 0.5,
@@ -192,16 +198,28 @@ def _all_cases(extensions):
         yield ext.upper()
 
 
-def load_image(path: str, config: ViTConfig) -> ms.Tensor:
-    """One image file -> the evaluation transform's (1, C, S, S) tensor."""
+def read_image(path: str, config: ViTConfig) -> np.ndarray:
+    """One image file -> the part the model sees (``crop_transforms``), HWC uint8: for pictures, and for
+    ``to_model_input``."""
     if not os.path.isfile(path):
         raise DatasetError(f"image not found: {path}")
     try:
         with open(path, "rb") as f:
-            data = np.frombuffer(f.read(), np.uint8)
-        image = data
-        for op in eval_transforms(config):
+            image = np.frombuffer(f.read(), np.uint8)
+        for op in crop_transforms(config):
             image = op(image)
     except RuntimeError as exc:
         raise DatasetError(f"cannot decode image {path}: {str(exc).splitlines()[0]}") from None
-    return ms.Tensor(image[None].astype(np.float32))
+    return image
+
+
+def to_model_input(crop: np.ndarray, config: ViTConfig) -> ms.Tensor:
+    """A ``read_image`` crop -> the evaluation transform's (1, C, S, S) tensor."""
+    for op in _to_tensor(config):
+        crop = op(crop)
+    return ms.Tensor(crop[None].astype(np.float32))
+
+
+def load_image(path: str, config: ViTConfig) -> ms.Tensor:
+    """One image file -> the evaluation transform's (1, C, S, S) tensor."""
+    return to_model_input(read_image(path, config), config)

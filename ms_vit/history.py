@@ -11,6 +11,8 @@ import json
 import os
 from typing import List, Optional
 
+from .files import write_atomically
+
 TRAIN_FILE, VAL_FILE, CURVES_FILE = "train_history.json", "val_history.json", "curves.png"
 
 
@@ -24,10 +26,10 @@ def _read(path: str) -> List[dict]:
 
 
 def write_json(value, path: str) -> None:
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=1)
+    write_atomically(path, write)
 
 
 class RunHistory:

@@ -1,5 +1,4 @@
 """The pictures: training curves, attention maps, top-k bars (matplotlib, written as PNG files)."""
-import os
 from typing import List, Sequence
 
 import numpy as np
@@ -9,24 +8,12 @@ import matplotlib
 matplotlib.use("Agg")                       # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def model_view(image_path: str, config) -> Image.Image:
-    """The part of the image the model sees: short side resized to size / crop_pct, centre crop of size."""
-    with Image.open(image_path) as source:
-        image = source.convert("RGB")
-    short = int(config.image_size / config.crop_pct)
-    scale = short / min(image.size)
-    image = image.resize((max(short, round(image.width * scale)), max(short, round(image.height * scale))),
-                         Image.BICUBIC)
-    left, top = (image.width - config.image_size) // 2, (image.height - config.image_size) // 2
-    return image.crop((left, top, left + config.image_size, top + config.image_size))
+from .files import write_atomically  # noqa: E402
 
 
 def _save(figure, path: str) -> None:
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp.png")
-    figure.savefig(tmp, dpi=100, bbox_inches="tight")
+    write_atomically(path, lambda tmp: figure.savefig(tmp, dpi=100, bbox_inches="tight"))
     plt.close(figure)
-    os.replace(tmp, path)                    # a reader never sees a half-written picture
 
 
 def smooth(values: Sequence[float], weight: float = 0.6) -> np.ndarray:
