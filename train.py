@@ -3,23 +3,29 @@
     python train.py --data_dir ROOT --model vit_b_16_224 [--pretrained CKPT | --resume CKPT] ...
 
 Each epoch is followed by top-1/top-5 on ROOT/val; the best checkpoint (by top-1) is kept as best.ckpt,
-the last epochs as vit-<epoch>_<step>.ckpt (with optimizer state, for --resume; a resumed run
-in the same folder writes vit_1-<epoch>_<step>.ckpt, as MindSpore's ModelCheckpoint numbers runs).
+the last epochs as vit-<epoch>_<step>.ckpt (with optimizer state, for --resume).
+
+Faults: SIGTERM/SIGINT (pre-emption, Ctrl-C) finish the current step, write vit-<epoch>_<step>.ckpt and exit
+with 128 + the signal's number; the same command with --resume auto continues from the newest checkpoint, at the
+same step, learning rate and data order. A non-finite loss stops the run at once (exit status 1) without saving
+those weights. Every file is written atomically; one run at a time holds --ckpt_save_dir.
 """
 import argparse
-import json
 import os
 import sys
 import time
 
 from ms_vit import checkpoint, cli, create_model, data, device   # first: sets MindSpore's log level
+import numpy as np
 import mindspore as ms
 from mindspore import nn
-from mindspore.train import Model, ModelCheckpoint, CheckpointConfig, Callback
+from mindspore.train import Model, Callback
 
 from ms_vit.evaluate import evaluate
 from ms_vit.history import RunHistory
 from ms_vit.factory import build_model
+from ms_vit.guard import RunGuard, RunStopped
+from ms_vit.run_folder import RunFolder
 from ms_vit.augment import Mixup
 from ms_vit.config import parse_with_config, write_config
 from ms_vit.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -72,7 +78,8 @@ def build_parser():
                    help="initialisation from scratch: timm (timm's default, DeiT's) or jax (the ViT paper's) "
                         "(default: %(default)s)")
     g.add_argument("--pretrained", help="checkpoint to fine-tune from (head replaced if the class count differs)")
-    g.add_argument("--resume", help="checkpoint written by train.py to continue (weights, optimizer, epoch)")
+    g.add_argument("--resume", help="checkpoint written by train.py to continue (weights, optimizer, position in "
+                   "the run), or 'auto': the newest in --ckpt_save_dir, or a new run when there is none")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epoch_size", type=int, default=10, help="epochs (default: %(default)s)")
     g.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw",
@@ -132,9 +139,11 @@ class EvaluateAndKeepBest(Callback):
     Under data parallelism every rank evaluates its shard of the validation set and the counts are summed
     (``evaluate(across_ranks=True)``); only the writer (rank 0) prints and writes files."""
 
-    def __init__(self, net, val_dataset, history, steps_per_epoch, meta, writer=True, across_ranks=False, ema=None):
+    def __init__(self, net, val_dataset, history, steps_per_epoch, meta, folder, guard, writer=True,
+                 across_ranks=False, ema=None):
         super().__init__()
         self.net, self.val_dataset, self.history, self.meta, self.ema = net, val_dataset, history, meta, ema
+        self.folder, self.guard = folder, guard
         self.steps_per_epoch, self.writer, self.across_ranks = steps_per_epoch, writer, across_ranks
         best = history.best()
         self.best_top1 = best["top1"] if best else -1.0
@@ -151,6 +160,8 @@ class EvaluateAndKeepBest(Callback):
                 weight.set_data(value)
 
     def on_train_epoch_end(self, run_context):
+        if self.guard.stop:                       # interrupted mid-epoch, or not finite: nothing to evaluate
+            return
         epoch = run_context.original_args().cur_epoch_num
         start = time.time()
         metrics = evaluate(self.net, self.val_dataset, across_ranks=self.across_ranks)
@@ -171,10 +182,42 @@ class EvaluateAndKeepBest(Callback):
               f"{ema_text} ({metrics['num_images']} images, {seconds:.1f} s){'  best so far' if improved else ''}",
               flush=True)
         if improved:
-            checkpoint.save(self.net, os.path.join(self.history.folder, "best.ckpt"),
-                            meta=dict(self.meta, epoch=epoch, metrics=metrics),
-                            extra_params=list(self.ema.averages) if self.ema else None)
-        self.history.save()
+            self.folder.save("best.ckpt", lambda path: checkpoint.save(
+                self.net, path, meta=dict(self.meta, epoch=epoch, metrics=metrics),
+                extra_params=list(self.ema.averages) if self.ema else None))
+        self.folder.write("the run's history", self.history.save)
+
+
+class SaveEachEpoch(Callback):
+    """``save()`` after each epoch that the guard let finish."""
+
+    def __init__(self, save, guard):
+        super().__init__()
+        self.save, self.guard = save, guard
+
+    def on_train_epoch_end(self, run_context):
+        if not self.guard.stop:
+            self.save()
+
+
+def resume_position(params: dict, meta: dict, steps: int, source: str):
+    """``(epochs complete, steps done in the next epoch)`` where a checkpoint written by train.py left off."""
+    if "global_step" in meta:
+        done, saved_steps = int(meta["global_step"]), int(meta["steps_per_epoch"])
+        if done % saved_steps and saved_steps != steps:
+            raise ValueError(f"{source} stopped in the middle of an epoch of {saved_steps} steps; this run has "
+                             f"{steps} steps per epoch: resume with the same --batch_size and number of workers")
+        return done // saved_steps, done % saved_steps
+    # written by MindSpore's ModelCheckpoint (before ms_vit 0.3), or best.ckpt: whole epochs
+    return (int(params["epoch_num"]) if "epoch_num" in params else int(meta.get("epoch", 0))), 0
+
+
+def require_finite(net, where: str) -> None:
+    """Refuse to save weights that hold NaN or Inf."""
+    for param in net.trainable_params():
+        if not np.isfinite(param.asnumpy()).all():
+            raise RunStopped(f"the weights are not finite {where} ({param.name}): not saved; the last good "
+                             "checkpoints are kept. Try a lower --lr, a longer --warmup_epochs or --clip_grad 1.0")
 
 
 def build_train_step(args, net, steps: int, global_batch: int, amp_level: str, writer: bool, soft_targets: bool):
@@ -215,12 +258,17 @@ def main(argv=None):
     args = parse_with_config(parser, argv)
     if not args.data_dir:
         raise ValueError("--data_dir is required (on the command line or in the --config file)")
-    if args.pretrained and args.resume:
-        raise ValueError("give --pretrained or --resume, not both")
+    if args.pretrained and args.resume and args.resume != "auto":
+        raise ValueError("give --pretrained or --resume, not both (--pretrained with --resume auto: fine-tune "
+                         "from --pretrained unless --ckpt_save_dir holds a checkpoint to continue)")
     if args.accumulation_steps < 1:
         raise ValueError(f"--accumulation_steps must be at least 1, not {args.accumulation_steps}")
     target, amp_level, rank, group_size = device.setup(args.device_target, args.mode, args.amp_level, args.seed,
                                                        args.distribute)
+    writer = rank == 0                         # one writer: rank 0 alone prints and writes --ckpt_save_dir
+    folder = RunFolder(args.ckpt_save_dir, args.keep_checkpoint_max)
+    if writer:
+        folder.check_writable()                # an error before reading the data
     train_dir, val_dir = os.path.join(args.data_dir, "train"), os.path.join(args.data_dir, "val")
     classes = data.list_classes(train_dir)
     num_train = data.scan_split(train_dir)
@@ -233,15 +281,23 @@ def main(argv=None):
 
     overrides = {k: getattr(args, k) for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_dim")}
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    start_epoch, resume_params = 0, {}
-    fused_kernels = None if amp_level == "O0" else False     # the fused CPU kernels compute in float32 only
-    if args.resume:
+    resume_path, resume_params, resume_meta = args.resume, {}, {}
+    if args.resume == "auto":
+        found = folder.latest()
+        resume_path = found[0] if found else None
+        if writer:
+            print(f"resuming from {resume_path}" if found else
+                  f"no checkpoint in {args.ckpt_save_dir} to resume: starting a new run", flush=True)
+        if found:
+            _, resume_params, resume_meta = found
+    elif args.resume:
         resume_params, resume_meta = checkpoint.read(args.resume)       # read once: weights and optimizer state
+    fused_kernels = None if amp_level == "O0" else False     # the fused CPU kernels compute in float32 only
+    if resume_path:
         # the architecture is the checkpoint's: the same command line with --resume added continues the run
-        net = build_model(None if "config" in resume_meta else args.model, resume_params, resume_meta, args.resume,
+        net = build_model(None if "config" in resume_meta else args.model, resume_params, resume_meta, resume_path,
                           num_classes, args.image_size, fused_kernels, drop_rate=args.drop_rate,
                           drop_path_rate=args.drop_path_rate)
-        start_epoch = int(resume_params["epoch_num"]) if "epoch_num" in resume_params else resume_meta.get("epoch", 0)
     else:
         net = create_model(args.model or (None if args.pretrained else "vit_b_16_224"), num_classes=num_classes,
                            image_size=args.image_size, checkpoint_path=args.pretrained, fused_kernels=fused_kernels,
@@ -250,7 +306,6 @@ def main(argv=None):
     config = net.config
     names = data.class_names(args.data_dir, classes)
     shard = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
-    writer = rank == 0                         # one writer: rank 0 alone prints and writes --ckpt_save_dir
     global_batch = group_size * args.batch_size
     val_ds = data.create_dataset(val_dir, classes, config, args.batch_size, training=False,
                                  num_workers=args.num_workers, **shard)
@@ -267,37 +322,82 @@ def main(argv=None):
     if steps == 0:
         raise ValueError(f"{num_train} training images make no full step of {batches}: lower --batch_size"
                          + (" or the number of workers" if group_size > 1 else ""))
-    train_step, ema, lrs = build_train_step(args, net, steps, global_batch, amp_level, writer, mixup is not None)
+    if writer:
+        folder.open()                          # another run's: an error before any work
+    start_epoch, start_step = resume_position(resume_params, resume_meta, steps, resume_path) if resume_path \
+        else (0, 0)
+    done_steps = start_epoch * steps + start_step
     if start_epoch >= args.epoch_size:
-        raise ValueError(f"{args.resume} already finished epoch {start_epoch} of --epoch_size {args.epoch_size}")
+        raise ValueError(f"{resume_path} already finished epoch {start_epoch} of --epoch_size {args.epoch_size}")
+    if done_steps:
+        train_ds.set_init_step(done_steps)      # MindSpore's pipeline recovery: the data order of the same step
+    train_step, ema, lrs = build_train_step(args, net, steps, global_batch, amp_level, writer, mixup is not None)
+    network = {p.name for p in net.get_parameters()}
+    state = [p for p in train_step.get_parameters() if p.name not in network and p.name != "learning_rate"]
     if resume_params:
         # optimizer moments and step count, EMA, accumulated gradients, by exact name (load_param_into_net matches
         # names loosely: it wrote Adam's moments into the weights); the schedule itself is rebuilt
-        network = {p.name for p in net.get_parameters()}
-        for param in train_step.get_parameters():
-            if param.name in resume_params and param.name not in network and param.name != "learning_rate":
+        for param in state:
+            if param.name in resume_params:
                 param.set_data(ms.Tensor(resume_params[param.name], param.dtype))
     model = Model(train_step)
 
     if writer:
-        os.makedirs(args.ckpt_save_dir, exist_ok=True)
         write_config(args, os.path.join(args.ckpt_save_dir, "config.yaml"))
     meta = {"config": config.to_dict(), "classes": classes, "class_names": names,
             "train_config": {k: v for k, v in vars(args).items() if k != "config"}}
-    saved_every_epoch = CheckpointConfig(save_checkpoint_steps=steps, keep_checkpoint_max=args.keep_checkpoint_max,
-                                         append_info=["epoch_num", "step_num", {checkpoint.META_KEY: json.dumps(meta)}])
-    history = RunHistory(args.ckpt_save_dir, start_epoch)
-    keep_best = EvaluateAndKeepBest(net, val_ds, history, steps, meta, writer, across_ranks=group_size > 1, ema=ema)
+    loss_scaling = train_step.loss_scaling
+    guard = RunGuard(steps, lrs, done_steps, loss_scaling, across_ranks=group_size > 1)
+
+    def save_position() -> str:
+        """The resumable checkpoint of where the run stands: vit-<epoch>_<steps done in it>.ckpt."""
+        epoch, step = guard.position()
+        require_finite(net, f"after epoch {epoch} step {step}")
+        position = dict(meta, epoch=epoch, global_step=guard.done_steps, steps_per_epoch=steps)
+        complete = epoch if step == steps else epoch - 1
+        return folder.save(f"vit-{epoch}_{step}.ckpt", lambda path: checkpoint.save(
+            net, path, meta=position, extra_params=state,
+            extra_values={"epoch_num": complete, "step_num": guard.done_steps}))
+
+    history = RunHistory(args.ckpt_save_dir, start_epoch, done_steps)
+    keep_best = EvaluateAndKeepBest(net, val_ds, history, steps, meta, folder, guard, writer,
+                                    across_ranks=group_size > 1, ema=ema)
     progress = Progress(steps, args.epoch_size, global_batch, lrs, min(args.log_interval, max(1, steps // 4)),
-                        writer, across_ranks=group_size > 1, history=history.train)
-    callbacks = [progress, keep_best]
+                        writer, across_ranks=group_size > 1, history=history.train, done_steps=done_steps,
+                        loss_scaling=loss_scaling)
+    callbacks = [guard, progress, keep_best]
     if writer:
-        callbacks.insert(1, ModelCheckpoint(prefix="vit", directory=args.ckpt_save_dir, config=saved_every_epoch))
+        callbacks.insert(2, SaveEachEpoch(save_position, guard))
+        where = f" (from step {start_step + 1} of epoch {start_epoch + 1})" if start_step else ""
         print(f"training {checkpoint.describe(config)} ({sum(p.size for p in net.trainable_params()):,} parameters) "
               f"on {target}, AMP {amp_level}, {args.mode} mode: {num_train} train / {num_val} val images, "
-              f"{steps} steps of {batches} per epoch, epochs {start_epoch + 1}..{args.epoch_size}", flush=True)
-    model.train(args.epoch_size, train_ds, callbacks=callbacks, dataset_sink_mode=target != "CPU",
-                initial_epoch=start_epoch)
+              f"{steps} steps of {batches} per epoch, epochs {start_epoch + 1}..{args.epoch_size}{where}", flush=True)
+    # dataset sinking replays whole epochs: a run resumed in the middle of one feeds it step by step
+    sink = target != "CPU" and not start_step
+    try:
+        model.train(args.epoch_size, train_ds, callbacks=callbacks, dataset_sink_mode=sink,
+                    initial_epoch=start_epoch)
+    except RuntimeError as exc:                  # the data pipeline or the device failed mid-run
+        newest = folder.checkpoints()[-1][2] if writer and folder.checkpoints() else "none yet"
+        epoch, step = guard.position()
+        detail = next((line.strip() for line in str(exc).splitlines() if "file" in line.lower()),
+                      str(exc).splitlines()[0])
+        raise RunStopped(f"training failed after epoch {epoch} step {step}: {detail}; the checkpoints written "
+                         f"before are intact (newest: {newest}): fix the cause, then continue with --resume auto") \
+            from None
+    epoch, step = guard.position()
+    if guard.stop == "nonfinite":
+        newest = folder.checkpoints()[-1][2] if folder.checkpoints() else "none yet"
+        raise RunStopped(f"the loss is {guard.loss} at epoch {epoch} step {step}/{steps} (learning rate "
+                         f"{guard.learning_rate():.3g}): training stopped, these weights are not saved; the last good "
+                         f"checkpoint is {newest}. Try a lower --lr, a longer --warmup_epochs or --clip_grad 1.0")
+    if guard.stop == "signal":
+        if writer:
+            path = save_position()
+            folder.write("the run's history", history.save)
+            print(f"interrupted by SIGINT/SIGTERM after epoch {epoch} step {step}/{steps}: resumable checkpoint "
+                  f"{path}; continue with the same command and --resume auto", file=sys.stderr, flush=True)
+        return 128 + guard.signum
     if not writer:
         return 0
     best = history.best()
@@ -306,7 +406,6 @@ def main(argv=None):
           f"{os.path.join(args.ckpt_save_dir, 'best.ckpt')}\n"
           f"curves: {os.path.join(args.ckpt_save_dir, 'curves.png')}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

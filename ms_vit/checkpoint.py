@@ -17,7 +17,6 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-from .files import write_atomically
 from .vit import ARCHS, ViTConfig, config_name
 
 logger = logging.getLogger("ms_vit")
@@ -32,25 +31,38 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the network; the message says why."""
 
 
-def save(net: nn.Cell, path: str, meta: Optional[dict] = None, extra_params=None) -> None:
-    """Write ``net``'s parameters (and ``extra_params``, a list of Parameters such as optimizer state)
-    with ``meta`` (at least ``{"config": ViTConfig.to_dict()}``) into ``path``, atomically."""
+def save(net: nn.Cell, path: str, meta: Optional[dict] = None, extra_params=None, extra_values=None) -> None:
+    """Write ``net``'s parameters (and ``extra_params``, a list of Parameters such as optimizer state, and
+    ``extra_values``, a name -> int/float dict) with ``meta`` (at least ``{"config": ViTConfig.to_dict()}``) into
+    ``path``, with a CRC that ``read`` checks.
+
+    Atomic: MindSpore writes ``<name>.tmp`` and renames it to ``path``, so ``path`` is complete or absent (the
+    previous version kept); a failed write (a full disk) removes the ``.tmp`` and raises ``OSError``."""
     meta = dict(meta or {})
     meta.setdefault("config", net.config.to_dict())
     params = [{"name": p.name, "data": p} for p in net.get_parameters()]
     params += [{"name": p.name, "data": p} for p in (extra_params or [])]
-    write_atomically(path, lambda tmp: ms.save_checkpoint(params, tmp, append_dict={META_KEY: json.dumps(meta)}))
+    try:
+        ms.save_checkpoint(params, path, append_dict=dict(extra_values or {}, **{META_KEY: json.dumps(meta)}),
+                           crc_check=True)
+    except BaseException:
+        partial = os.path.splitext(path)[0] + ".tmp"
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
 
 
 def read(path: str):
     """Read a checkpoint: ``(params, meta)``, params a name -> numpy array dict, meta a dict
-    (empty for checkpoints not written by ms_vit)."""
+    (empty for checkpoints not written by ms_vit). A truncated or corrupted file (CRC mismatch, for those written
+    by ``save``) raises ``CheckpointError``."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        raw = ms.load_checkpoint(path)
-    except Exception as exc:  # MindSpore raises ValueError/RuntimeError on damaged files
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        raw = ms.load_checkpoint(path, crc_check=True)
+    except Exception:  # MindSpore raises ValueError/RuntimeError on damaged files
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or corrupted "
+                              f"({os.path.getsize(path):,} bytes)") from None
     meta = json.loads(raw.pop(META_KEY)) if isinstance(raw.get(META_KEY), str) else {}
     params = {k: v.asnumpy() for k, v in raw.items() if isinstance(v, ms.Parameter)}
     return params, meta

@@ -5,6 +5,7 @@ import sys
 
 from .checkpoint import CheckpointError
 from .data import DatasetError
+from .guard import RunStopped
 
 USER_ERRORS = (CheckpointError, DatasetError, ValueError, FileNotFoundError)
 
@@ -17,13 +18,17 @@ def add_device_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(main, argv=None) -> int:
-    """Call ``main(argv)``; known user errors become ``error: ...`` on stderr and exit status 2."""
+    """Call ``main(argv)``; known user errors become ``error: ...`` on stderr and exit status 2, a run stopped by a
+    fault exit status 1."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return main(argv) or 0
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

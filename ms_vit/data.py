@@ -10,13 +10,13 @@ import tarfile
 from typing import Dict, List, Optional
 
 import numpy as np
-from PIL import Image
 
 import mindspore as ms
 import mindspore.dataset as ds
 from mindspore.dataset import vision
 
 from . import augment as augment_module
+from .image_files import check_image
 from .vit import ViTConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -41,26 +41,30 @@ def list_classes(split_dir: str) -> List[str]:
 
 
 def scan_split(split_dir: str, classes: Optional[List[str]] = None) -> int:
-    """Check a split: class folders known, images present and readable. Returns the image count.
+    """Check a split before any work depends on it: class folders known, images present, each image's header
+    readable, not truncated and not a decompression bomb (``image_files.check_image``). Returns the image count.
 
-    Reads each image's header (not the pixels), so a broken or non-image file is reported by name before
-    training starts instead of failing deep inside the pipeline."""
+    Bad images stop the run here, all of them named, rather than one of them an epoch later inside the pipeline:
+    nothing has been trained yet, and the user decides (remove, re-download) instead of a silently smaller
+    dataset."""
     found = list_classes(split_dir)
     if classes is not None:
         unknown = sorted(set(found) - set(classes))
         if unknown:
             raise DatasetError(f"{split_dir} has class folders the model does not know: {', '.join(unknown[:5])}")
-    count = 0
+    count, bad = 0, []
     for name in found:
         for entry in os.scandir(os.path.join(split_dir, name)):
             if not entry.is_file() or not entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
-            try:
-                with Image.open(entry.path) as image:
-                    image.verify()
-            except Exception as exc:
-                raise DatasetError(f"unreadable image {entry.path}: {exc}") from None
+            problem = check_image(entry.path)
+            if problem:
+                bad.append(f"{entry.path}: {problem}")
             count += 1
+    if bad:
+        shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise DatasetError(f"{len(bad)} of {count:,} images in {split_dir} cannot be used; remove or replace them "
+                           f"(nothing has been done yet):\n  {shown}")
     if count == 0:
         raise DatasetError(f"no images in {split_dir} (extensions {', '.join(IMAGE_EXTENSIONS)})")
     return count
@@ -203,6 +207,9 @@ def read_image(path: str, config: ViTConfig) -> np.ndarray:
     ``to_model_input``."""
     if not os.path.isfile(path):
         raise DatasetError(f"image not found: {path}")
+    problem = check_image(path)
+    if problem:
+        raise DatasetError(f"cannot use image {path}: {problem}")
     try:
         with open(path, "rb") as f:
             image = np.frombuffer(f.read(), np.uint8)

@@ -33,19 +33,20 @@ def write_json(value, path: str) -> None:
 
 
 class RunHistory:
-    """The run's records in ``folder``; a run resumed after ``resumed_epoch`` keeps the entries up to that epoch.
+    """The run's records in ``folder``; a resumed run keeps the entries up to where it resumes.
 
     Args:
         folder: ``--ckpt_save_dir``.
-        resumed_epoch: the epoch a resumed run continues after (0: a new run, nothing kept).
+        resumed_epoch: the epochs complete where a resumed run continues (0: a new run, nothing kept).
+        resumed_step: the global steps done there (more than ``resumed_epoch``'s when resumed mid-epoch).
     """
 
-    def __init__(self, folder: str, resumed_epoch: int = 0):
+    def __init__(self, folder: str, resumed_epoch: int = 0, resumed_step: int = 0):
         self.folder = folder
         self.train: List[dict] = []
         self.val: List[dict] = []
-        if resumed_epoch:
-            self.train = [h for h in _read(os.path.join(folder, TRAIN_FILE)) if h.get("epoch", 0) <= resumed_epoch]
+        if resumed_step:
+            self.train = [h for h in _read(os.path.join(folder, TRAIN_FILE)) if h.get("step", 0) <= resumed_step]
             self.val = [h for h in _read(os.path.join(folder, VAL_FILE)) if h.get("epoch", 0) <= resumed_epoch]
 
     def best(self) -> Optional[dict]:

@@ -22,7 +22,9 @@ class Progress(Callback):
     The loss is the mean over the steps since the last line and, under data parallelism, over every rank (an
     AllReduce on the printing steps only, which every rank runs), so it is the loss of the global batch.
     Images/s counts the global batch; the ETA covers the remaining steps of the run at the speed measured so far
-    (from the second step on: the first includes graph compilation). Only the ``writer`` prints.
+    (from the second step on: the first includes graph compilation). Only the ``writer`` prints. Under AMP loss
+    scaling, the steps skipped since the last line because their gradients overflowed are counted on it, with the
+    loss scale: ``skipped 3 overflowing steps (loss scale 32768)``.
 
     Args:
         steps_per_epoch: steps in one epoch (one step = one global batch).
@@ -33,11 +35,17 @@ class Progress(Callback):
         writer: whether this process prints.
         across_ranks: average the printed loss over the ranks of the collective group.
         history: a list to which each line is appended as ``{"step", "epoch", "loss", "lr"}`` (for the curves).
+        done_steps: the global steps done before this run: a run resumed in the middle of an epoch counts that
+            epoch's steps on from there.
+        loss_scaling: count the steps skipped by the loss scale.
     """
 
     def __init__(self, steps_per_epoch: int, epochs: int, global_batch: int, learning_rates: Sequence[float],
-                 interval: int, writer: bool = True, across_ranks: bool = False, history: Optional[list] = None):
+                 interval: int, writer: bool = True, across_ranks: bool = False, history: Optional[list] = None,
+                 done_steps: int = 0, loss_scaling: bool = False):
         super().__init__()
+        self.first_epoch_offset = done_steps % steps_per_epoch
+        self.loss_scaling, self.skipped = loss_scaling, 0
         self.steps_per_epoch, self.epochs, self.global_batch = steps_per_epoch, epochs, global_batch
         self.learning_rates, self.interval = learning_rates, max(1, interval)
         self.writer, self.across_ranks = writer, across_ranks
@@ -54,7 +62,7 @@ class Progress(Callback):
         self.run_start = time.time()
 
     def on_train_epoch_begin(self, run_context):
-        self.step = 0
+        self.step, self.first_epoch_offset = self.first_epoch_offset, 0
         self.window_start, self.window_steps = (time.time() if self.timed_start else None), 0
 
     def on_train_step_end(self, run_context):
@@ -62,6 +70,9 @@ class Progress(Callback):
         outputs = args.net_outputs
         loss = outputs[0] if isinstance(outputs, (tuple, list)) else outputs    # (loss, overflow, scale) under O2
         self.losses.append(float(loss.asnumpy()))
+        if self.loss_scaling:
+            self.skipped += bool(outputs[1].asnumpy())
+            self.loss_scale = float(outputs[2].asnumpy())
         self.step += 1
         if self.timed_start is None:
             self.timed_start = self.window_start = time.time()
@@ -87,6 +98,11 @@ class Progress(Callback):
         if self.timed_steps:
             remaining = (self.epochs - epoch + 1) * self.steps_per_epoch - self.step
             line += f" ETA {format_duration(remaining * (now - self.timed_start) / self.timed_steps)}"
+        if self.skipped:
+            line += (f" skipped {self.skipped} overflowing step{'s' if self.skipped > 1 else ''} "
+                     f"(loss scale {self.loss_scale:g})")
+            self.history[-1]["skipped"] = self.skipped
+            self.skipped = 0
         self.window_start, self.window_steps = now, 0
         if self.writer:
             print(line, flush=True)

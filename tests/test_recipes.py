@@ -81,7 +81,7 @@ def test_ema_is_resumed_not_restarted(imagenet_sample, tmp_path):
     resumed = run_script("train.py", *common, "--epoch_size", "2", "--resume", epoch1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     before, _ = checkpoint.read(epoch1)
-    after, _ = checkpoint.read(glob.glob(str(tmp_path / "vit_1-2_*.ckpt"))[0])
+    after, _ = checkpoint.read(glob.glob(str(tmp_path / "vit-2_*.ckpt"))[0])
     names = [k for k in before if k.startswith("ema.")]
     assert len(names) == 32
     moved = max(abs(before[k[4:]] - before[k]).max() for k in names)          # epoch 1's training

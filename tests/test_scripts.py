@@ -42,7 +42,7 @@ def test_train_reports_and_keeps_checkpoints(trained):
 def test_resume_continues_epoch_and_optimizer(trained):
     import mindspore as ms
     assert "epochs 2..2" in trained["resumed"].stdout
-    epoch2 = glob.glob(os.path.join(trained["dir"], "vit_1-2_*.ckpt"))     # ModelCheckpoint's name for run 2
+    epoch2 = glob.glob(os.path.join(trained["dir"], "vit-2_*.ckpt"))
     assert len(epoch2) == 1
     before, after = ms.load_checkpoint(trained["epoch1"]), ms.load_checkpoint(epoch2[0])
     assert before["global_step"].asnumpy().item() == 2 and after["global_step"].asnumpy().item() == 4

@@ -1,0 +1,117 @@
+"""A training run's folder (``--ckpt_save_dir``): one run at a time, resumable checkpoints, nothing half-written.
+
+* ``.lock``: held (``fcntl.flock``) by the writing process for the whole run. A second run in the same folder is
+  refused; the operating system drops the lock when the process ends, however it ends (SIGKILL included), so the
+  next run, or ``--resume auto``, takes it.
+* ``vit-<epoch>_<step>.ckpt``: the network, optimizer state, EMA and position in the run, written by MindSpore
+  (``<name>.tmp``, then renamed): complete or absent. ``<step>`` counts the steps done in ``<epoch>``: all of them
+  after an epoch, fewer when the run was interrupted. The ``keep`` newest are kept.
+* ``latest()``: the newest complete checkpoint, for ``--resume auto``.
+"""
+import fcntl
+import glob
+import logging
+import os
+import re
+from typing import List, Optional, Tuple
+
+from . import checkpoint
+from .guard import RunStopped
+
+logger = logging.getLogger("ms_vit")
+_CHECKPOINT = re.compile(r"^vit-(\d+)_(\d+)\.ckpt$")
+
+
+class RunFolderError(ValueError):
+    """The folder cannot hold this run: unwritable, in use, or a checkpoint cannot be written."""
+
+
+class RunFolder:
+    """Args:
+        folder: ``--ckpt_save_dir``.
+        keep: epoch checkpoints kept (``--keep_checkpoint_max``).
+    """
+
+    def __init__(self, folder: str, keep: int = 2):
+        self.folder, self.keep = folder, max(1, keep)
+        self._lock_fd: Optional[int] = None
+
+    def check_writable(self) -> None:
+        """Prove, without leaving a trace, that the folder can be created and written: a file is created and
+        removed in it, or in its nearest existing parent. Raises ``RunFolderError``."""
+        parent = os.path.abspath(self.folder)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        try:
+            if not os.path.isdir(parent):
+                raise NotADirectoryError(20, "Not a directory")
+            probe = os.path.join(parent, f".ms_vit-write-test-{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as exc:
+            raise RunFolderError(f"cannot write to --ckpt_save_dir {self.folder}: {exc.strerror}") from None
+
+    def open(self) -> "RunFolder":
+        """Create the folder, take the lock, and remove what a killed run left half-written. Raises
+        ``RunFolderError``."""
+        self.check_writable()
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            fd = os.open(os.path.join(self.folder, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunFolderError(f"cannot write to --ckpt_save_dir {self.folder}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunFolderError(f"{self.folder} is in use by another training run (process {owner}): wait for it to "
+                                 "stop, then continue it with --resume auto, or choose another --ckpt_save_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+        for leftover in glob.glob(os.path.join(self.folder, "*.tmp")) + \
+                glob.glob(os.path.join(self.folder, ".*.tmp*")):
+            os.remove(leftover)
+        return self
+
+    def checkpoints(self) -> List[Tuple[int, int, str]]:
+        """``(epoch, step in epoch, path)`` of the run's checkpoints, oldest first."""
+        found = []
+        for name in os.listdir(self.folder) if os.path.isdir(self.folder) else []:
+            match = _CHECKPOINT.match(name)
+            if match:
+                found.append((int(match[1]), int(match[2]), os.path.join(self.folder, name)))
+        return sorted(found)
+
+    def latest(self):
+        """The newest checkpoint that reads back whole, as ``(path, params, meta)`` (``checkpoint.read``); a damaged
+        one is reported and passed over. None when there is none."""
+        for _, _, path in reversed(self.checkpoints()):
+            try:
+                return (path, *checkpoint.read(path))
+            except checkpoint.CheckpointError as exc:
+                logger.warning(f"passing over {exc}")
+        return None
+
+    def save(self, name: str, save) -> str:
+        """``save(path)`` for ``<folder>/<name>``; the older epoch checkpoints beyond ``keep`` are then removed. A
+        failed write (a full disk) leaves the earlier files intact and raises ``RunStopped`` saying so."""
+        path = os.path.join(self.folder, name)
+        self.write(path, lambda: save(path))
+        if _CHECKPOINT.match(name):
+            for *_, old in self.checkpoints()[:-self.keep]:
+                os.remove(old)
+        return path
+
+    def write(self, what: str, write) -> None:
+        """``write()``; an ``OSError`` (a full disk) becomes ``RunStopped`` naming ``what`` and the intact files."""
+        try:
+            write()
+        except OSError as exc:
+            kept = [os.path.basename(p) for *_, p in self.checkpoints()]
+            kept += ["best.ckpt"] if os.path.exists(os.path.join(self.folder, "best.ckpt")) else []
+            raise RunStopped(f"cannot write {what}: {exc.strerror or exc}; the files written before are intact "
+                             f"(checkpoints: {', '.join(kept) or 'none yet'}): free space, then continue with "
+                             "--resume auto") from None
