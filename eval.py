@@ -6,12 +6,12 @@ Checkpoints written by train.py or ms_vit.convert carry their variant, image siz
 classes; the public vit_b_16_224.ckpt needs --model vit_b_16_224.
 """
 import argparse
-import json
 import os
 import sys
 
-from ms_vit import cli, create_model, data, device
+from ms_vit import cli, compile_cache, create_model, data, device
 from ms_vit.evaluate import evaluate
+from ms_vit.history import write_json
 
 
 def build_parser():
@@ -40,11 +40,13 @@ def main(argv=None):
     data.scan_split(split_dir, classes)
     dataset = data.create_dataset(split_dir, classes, net.config, args.batch_size, training=False,
                                   num_workers=args.num_workers)
-    metrics = evaluate(net, dataset)
+    if args.mode == "graph":
+        compile_cache.enable(net, (args.batch_size, net.config.in_channels, net.config.image_size,
+                                   net.config.image_size))
+    metrics = evaluate(net, dataset, batch_size=args.batch_size)
     metrics.update(checkpoint=os.path.abspath(args.ckpt_path), split=args.split)
     output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.ckpt_path)), f"eval_{args.split}.json")
-    with open(output, "w") as f:
-        json.dump(metrics, f, indent=1)
+    write_json(metrics, output)
     print(f"{args.split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  loss {metrics['loss']:.4f}  "
           f"({metrics['num_images']} images)\nmetrics: {output}")
     return 0

@@ -14,7 +14,8 @@ import sys
 
 import numpy as np
 
-from ms_vit import cli, create_model, data, device
+from ms_vit import cli, compile_cache, create_model, data, device   # first: sets MindSpore's log level
+import mindspore as ms
 from ms_vit.evaluate import softmax
 from ms_vit.render import render_label
 
@@ -26,12 +27,15 @@ def build_parser():
                    help="checkpoint, or a .mindir written by export.py (with its .mindir.json)")
     p.add_argument("--model", help="variant, for checkpoints that do not record it (e.g. vit_b_16_224)")
     p.add_argument("--topk", type=int, default=5, help="classes printed per image (default: %(default)s)")
+    p.add_argument("--batch_size", type=int, default=8,
+                   help="images per forward pass; the last batch is padded, so the graph compiles once "
+                        "(default: %(default)s)")
     p.add_argument("--use_ema", action="store_true",
                    help="use the checkpoint's moving average of the weights (train.py --ema_decay)")
     p.add_argument("--output_dir", default="outputs/infer", help="pictures go here (default: %(default)s)")
     p.add_argument("--attention", action="store_true", help="also write each image's attention maps")
     p.add_argument("--plot", action="store_true", help="also write each image beside a bar chart of its top-k")
-    cli.add_device_args(p)
+    cli.add_device_args(p, auto_mode=True)
     return p
 
 
@@ -50,7 +54,6 @@ class ExportedModel:
     preprocessing and the class names."""
 
     def __init__(self, path: str):
-        import mindspore as ms
         from mindspore import nn
         from ms_vit import ViTConfig
         info_path = path + ".json"
@@ -69,18 +72,30 @@ class ExportedModel:
             raise ValueError(f"cannot load {path}: {str(exc).splitlines()[0]}") from None
 
     def __call__(self, images):
-        import mindspore as ms
         x = images.asnumpy()
-        padded = np.concatenate([x] * self.batch)[:self.batch]        # the exported batch size
-        return ms.Tensor(self.graph(ms.Tensor(padded)).asnumpy()[:len(x)])
+        logits = []
+        for start in range(0, len(x), self.batch):                    # in the exported batch size
+            part = x[start:start + self.batch]
+            padded = np.concatenate([part] * self.batch)[:self.batch]
+            logits.append(self.graph(ms.Tensor(padded)).asnumpy()[:len(part)])
+        return ms.Tensor(np.concatenate(logits))
+
+
+def batches(items, size):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be at least 1, not {args.batch_size}")
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"image not found: {', '.join(missing)}")
-    device.setup(args.device_target, args.mode)
+    # one forward pass: no graph compilation (seconds for B/16) to pay back, PyNative answers first
+    mode = args.mode if args.mode != "auto" else ("pynative" if len(args.images) <= args.batch_size else "graph")
+    device.setup(args.device_target, mode)
     if args.ckpt_path.lower().endswith(".mindir"):
         if args.attention:
             raise ValueError("--attention needs the checkpoint (an exported MINDIR returns only the logits)")
@@ -91,33 +106,44 @@ def main(argv=None):
         net.set_train(False)
         names = class_names_for(net)
     os.makedirs(args.output_dir, exist_ok=True)
-    for path in args.images:
-        crop = data.read_image(path, net.config)                  # decoded once: for the model and the pictures
-        image = data.to_model_input(crop, net.config)
-        probs = softmax(net(image).asnumpy().astype(np.float64))[0]
-        top = np.argsort(-probs)[:args.topk]
-        print(path)
-        for rank, index in enumerate(top, 1):
-            print(f"  {rank}. {names[index]}  {probs[index]:.4f}")
-        stem = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0])
-        label = f"{data.short_name(names[top[0]])} ({probs[top[0]]:.1%})"
-        render_label(path, label, f"{stem}_pred.png")
-        print(f"  rendered: {stem}_pred.png")
-        if args.plot or args.attention:
-            from PIL import Image
-            from ms_vit import plots
-            view = Image.fromarray(crop)
-            if args.plot:
-                plots.plot_topk(view, [data.short_name(names[i]) for i in top], probs[top], f"{stem}_topk.png")
-                print(f"  top-{len(top)} chart: {stem}_topk.png")
-            if args.attention:
-                from ms_vit.visualize import as_grid, attention_rollout, attention_weights
-                weights = attention_weights(net, image)[:, 0]                  # (depth, H, 1 + N, 1 + N)
-                plots.plot_attention(view, as_grid(attention_rollout(weights)), as_grid(weights[-1, :, 0, 1:]),
-                                     label, f"{stem}_attention.png")
-                print(f"  attention: {stem}_attention.png")
+    size = min(args.batch_size, len(args.images))
+    if mode == "graph" and not args.attention and not isinstance(net, ExportedModel):
+        c = net.config
+        compile_cache.enable(net, (size, c.in_channels, c.image_size, c.image_size))
+    for group in batches(args.images, size):
+        crops = [data.read_image(path, net.config) for path in group]   # decoded once: for the model and pictures
+        images = ms.ops.cat([data.to_model_input(crop, net.config) for crop in crops])
+        if len(group) < size:                                         # the shape the graph was compiled for
+            images = ms.ops.cat([images, ms.ops.zeros((size - len(group), *images.shape[1:]), images.dtype)])
+        all_probs = softmax(net(images).asnumpy().astype(np.float64))
+        for index, (path, crop, probs) in enumerate(zip(group, crops, all_probs)):
+            top = np.argsort(-probs)[:args.topk]
+            print(path)
+            for rank, k in enumerate(top, 1):
+                print(f"  {rank}. {names[k]}  {probs[k]:.4f}")
+            stem = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0])
+            label = f"{data.short_name(names[top[0]])} ({probs[top[0]]:.1%})"
+            render_label(path, label, f"{stem}_pred.png")
+            print(f"  rendered: {stem}_pred.png")
+            if args.plot or args.attention:
+                draw_extras(args, net, crop, images[index:index + 1], names, top, probs, label, stem)
     return 0
 
+
+def draw_extras(args, net, crop, image, names, top, probs, label, stem):
+    """--plot's top-k chart and --attention's maps of one image."""
+    from PIL import Image
+    from ms_vit import plots
+    view = Image.fromarray(crop)
+    if args.plot:
+        plots.plot_topk(view, [data.short_name(names[i]) for i in top], probs[top], f"{stem}_topk.png")
+        print(f"  top-{len(top)} chart: {stem}_topk.png")
+    if args.attention:
+        from ms_vit.visualize import as_grid, attention_rollout, attention_weights
+        weights = attention_weights(net, image)[:, 0]                  # (depth, H, 1 + N, 1 + N)
+        plots.plot_attention(view, as_grid(attention_rollout(weights)), as_grid(weights[-1, :, 0, 1:]),
+                             label, f"{stem}_attention.png")
+        print(f"  attention: {stem}_attention.png")
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

@@ -10,11 +10,19 @@ from .guard import RunStopped
 USER_ERRORS = (CheckpointError, DatasetError, ValueError, FileNotFoundError)
 
 
-def add_device_args(parser: argparse.ArgumentParser) -> None:
+def add_device_args(parser: argparse.ArgumentParser, auto_mode: bool = False) -> None:
+    """``--device_target`` and ``--mode``; with ``auto_mode``, ``--mode auto`` (the default) lets the script pick."""
     parser.add_argument("--device_target", choices=["Ascend", "GPU", "CPU"],
                         help="device to run on (default: Ascend, else GPU, else CPU, whichever is available)")
-    parser.add_argument("--mode", choices=["graph", "pynative"], default="graph",
-                        help="MindSpore execution mode; graph compiles once and runs fastest (default: %(default)s)")
+    if auto_mode:
+        parser.add_argument("--mode", choices=["auto", "graph", "pynative"], default="auto",
+                            help="MindSpore execution mode: graph compiles once (seconds) and runs fastest; "
+                                 "pynative starts at once; auto: pynative when the images fit in one batch, graph "
+                                 "otherwise (default: %(default)s)")
+    else:
+        parser.add_argument("--mode", choices=["graph", "pynative"], default="graph",
+                            help="MindSpore execution mode; graph compiles once and runs fastest "
+                                 "(default: %(default)s)")
 
 
 def run(main, argv=None) -> int:

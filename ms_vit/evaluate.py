@@ -11,10 +11,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def evaluate(net, dataset, across_ranks: bool = False) -> dict:
+def evaluate(net, dataset, across_ranks: bool = False, batch_size: int = 0) -> dict:
     """Run ``net`` in eval mode over ``dataset`` (batches of images, labels); every image counts, the last
     partial batch too. Returns ``{"top1", "top5"}`` (fractions), ``"loss"`` (mean cross-entropy, no label
     smoothing) and ``"num_images"``.
+
+    With ``batch_size``, smaller batches (the last one) are padded with zeros to it and the padding's outputs
+    dropped: in graph mode one compiled graph serves every batch (a second shape costs a second compilation,
+    seconds for B/16), and the compile cache (``ms_vit.compile_cache``) finds it by that one shape.
 
     With ``across_ranks`` (data-parallel training), each rank evaluates its shard and the counts and loss sums
     of all ranks are added up (AllReduce), so every rank returns the figures of the whole dataset."""
@@ -22,8 +26,10 @@ def evaluate(net, dataset, across_ranks: bool = False) -> dict:
     correct1 = correct5 = count = 0
     loss_sum = 0.0
     for images, labels in dataset.create_tuple_iterator(num_epochs=1, output_numpy=False):
-        logits = net(images).asnumpy().astype(np.float64)                  # (B, K)
         labels = labels.asnumpy().astype(np.int64)
+        if len(labels) < batch_size:
+            images = ops.cat([images, ops.zeros((batch_size - len(labels), *images.shape[1:]), images.dtype)])
+        logits = net(images).asnumpy().astype(np.float64)[:len(labels)]   # (B, K)
         log_probs = np.log(softmax(logits) + 1e-300)
         loss_sum += float(-log_probs[np.arange(len(labels)), labels].sum())
         top5 = np.argsort(-logits, axis=1)[:, :5]

@@ -1,9 +1,20 @@
 """``create_model``: the one way train.py, eval.py and infer.py build (and load) a ViT."""
+import contextlib
 import dataclasses
 from typing import Optional
 
 from . import checkpoint
 from .vit import ViT, ViTConfig, variant_config
+
+
+def _no_init_parameters():
+    """MindSpore's deferred parameter initialisation (``mindspore.nn.utils.no_init_parameters``; marked for
+    removal in later versions: then the layers initialise as usual, which costs B/16 about 1 s)."""
+    try:
+        from mindspore.nn.utils import no_init_parameters
+    except ImportError:
+        return contextlib.nullcontext()
+    return no_init_parameters()
 
 # Fields that describe how weights were trained rather than the architecture: a checkpoint's values win
 # over a variant's defaults, since the weights need them.
@@ -60,7 +71,10 @@ def build_model(name: Optional[str], params: dict, meta: dict, source: Optional[
         num_classes = params["dense.weight"].shape[0] if "dense.weight" in params else config.num_classes
     fields = dict(overrides, num_classes=num_classes, image_size=image_size)
     config = dataclasses.replace(config, **{k: v for k, v in fields.items() if v is not None})
-    net = ViT(config, fused_kernels)
+    # a checkpoint that fills every weight (the head included): no random initialisation to overwrite
+    fills_all = "dense.weight" in params and params["dense.weight"].shape[0] == config.num_classes
+    with _no_init_parameters() if fills_all else contextlib.nullcontext():
+        net = ViT(config, fused_kernels, init_weights=not fills_all)
     if params:
         checkpoint.load_into(net, params, source=source or "checkpoint")
     net.checkpoint_meta = meta
