@@ -37,13 +37,12 @@ def main(argv=None):
     split_dir = os.path.join(args.data_dir, args.split)
     classes = (net.checkpoint_meta.get("classes")
                or data.resolve_classes(data.list_classes(split_dir), net.config.num_classes, split_dir))
-    data.scan_split(split_dir, classes)
-    dataset = data.create_dataset(split_dir, classes, net.config, args.batch_size, training=False,
+    batch_size = min(args.batch_size, data.scan_split(split_dir, classes))
+    dataset = data.create_dataset(split_dir, classes, net.config, batch_size, training=False,
                                   num_workers=args.num_workers)
-    if args.mode == "graph":
-        compile_cache.enable(net, (args.batch_size, net.config.in_channels, net.config.image_size,
-                                   net.config.image_size))
-    metrics = evaluate(net, dataset, batch_size=args.batch_size)
+    if args.mode == "graph":           # one graph shape: evaluate pads the last batch to the first's size
+        compile_cache.enable(net, (batch_size, net.config.in_channels, net.config.image_size, net.config.image_size))
+    metrics = evaluate(net, dataset)
     metrics.update(checkpoint=os.path.abspath(args.ckpt_path), split=args.split)
     output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.ckpt_path)), f"eval_{args.split}.json")
     write_json(metrics, output)

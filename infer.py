@@ -6,6 +6,9 @@ image with its label drawn.
 
 --attention writes IMAGE_attention.png: the class token's attention rollout over the image and the last block's
 attention per head; --plot writes IMAGE_topk.png: the image beside a bar chart of its top-k classes.
+
+Images that fit in one --batch_size batch run in PyNative mode (no graph compilation: the first answer
+soonest); more run in graph mode, batched, the graph cached for the next process (ms_vit/compile_cache.py).
 """
 import argparse
 import json

@@ -143,7 +143,6 @@ class EvaluateAndKeepBest(Callback):
                  across_ranks=False, ema=None):
         super().__init__()
         self.net, self.val_dataset, self.history, self.meta, self.ema = net, val_dataset, history, meta, ema
-        self.batch_size = val_dataset.get_batch_size()
         self.folder, self.guard = folder, guard
         self.steps_per_epoch, self.writer, self.across_ranks = steps_per_epoch, writer, across_ranks
         best = history.best()
@@ -155,7 +154,7 @@ class EvaluateAndKeepBest(Callback):
         for weight, average in zip(self.ema.weights, self.ema.averages):
             weight.set_data(average.value())
         try:
-            return evaluate(self.net, self.val_dataset, across_ranks=self.across_ranks, batch_size=self.batch_size)
+            return evaluate(self.net, self.val_dataset, across_ranks=self.across_ranks)
         finally:
             for weight, value in zip(self.ema.weights, trained):
                 weight.set_data(value)
@@ -165,7 +164,7 @@ class EvaluateAndKeepBest(Callback):
             return
         epoch = run_context.original_args().cur_epoch_num
         start = time.time()
-        metrics = evaluate(self.net, self.val_dataset, across_ranks=self.across_ranks, batch_size=self.batch_size)
+        metrics = evaluate(self.net, self.val_dataset, across_ranks=self.across_ranks)
         entry = dict(metrics, epoch=epoch, step=epoch * self.steps_per_epoch)
         if self.ema is not None:
             ema = self.evaluate_ema()

@@ -11,12 +11,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def evaluate(net, dataset, across_ranks: bool = False, batch_size: int = 0) -> dict:
+def evaluate(net, dataset, across_ranks: bool = False) -> dict:
     """Run ``net`` in eval mode over ``dataset`` (batches of images, labels); every image counts, the last
     partial batch too. Returns ``{"top1", "top5"}`` (fractions), ``"loss"`` (mean cross-entropy, no label
     smoothing) and ``"num_images"``.
 
-    With ``batch_size``, smaller batches (the last one) are padded with zeros to it and the padding's outputs
+    A last batch smaller than the first is padded with zeros to the first's size and the padding's outputs
     dropped: in graph mode one compiled graph serves every batch (a second shape costs a second compilation,
     seconds for B/16), and the compile cache (``ms_vit.compile_cache``) finds it by that one shape.
 
@@ -25,8 +25,10 @@ def evaluate(net, dataset, across_ranks: bool = False, batch_size: int = 0) -> d
     net.set_train(False)
     correct1 = correct5 = count = 0
     loss_sum = 0.0
+    batch_size = None
     for images, labels in dataset.create_tuple_iterator(num_epochs=1, output_numpy=False):
         labels = labels.asnumpy().astype(np.int64)
+        batch_size = batch_size or len(labels)
         if len(labels) < batch_size:
             images = ops.cat([images, ops.zeros((batch_size - len(labels), *images.shape[1:]), images.dtype)])
         logits = net(images).asnumpy().astype(np.float64)[:len(labels)]   # (B, K)

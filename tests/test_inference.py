@@ -79,7 +79,7 @@ def test_evaluate_pads_the_last_batch_and_counts_only_real_images(imagenet_sampl
     split = os.path.join(imagenet_sample, "val")
     classes = data.list_classes(split)
     whole = evaluate(net, data.create_dataset(split, classes, net.config, 20, training=False))
-    padded = evaluate(net, data.create_dataset(split, classes, net.config, 8, training=False), batch_size=8)
+    padded = evaluate(net, data.create_dataset(split, classes, net.config, 8, training=False))   # 8 + 8 + 4
     assert padded["num_images"] == whole["num_images"] == 20
     assert padded["top1"] == whole["top1"] and padded["top5"] == whole["top5"]
     assert padded["loss"] == pytest.approx(whole["loss"], rel=1e-5)
