@@ -208,7 +208,7 @@ def resume_position(params: dict, meta: dict, steps: int, source: str):
             raise ValueError(f"{source} stopped in the middle of an epoch of {saved_steps} steps; this run has "
                              f"{steps} steps per epoch: resume with the same --batch_size and number of workers")
         return done // saved_steps, done % saved_steps
-    # written by MindSpore's ModelCheckpoint (before ms_vit 0.3), or best.ckpt: whole epochs
+    # written by MindSpore's ModelCheckpoint (earlier train.py), or best.ckpt: whole epochs
     return (int(params["epoch_num"]) if "epoch_num" in params else int(meta.get("epoch", 0))), 0
 
 
