@@ -378,7 +378,7 @@ def main(argv=None):
         model.train(args.epoch_size, train_ds, callbacks=callbacks, dataset_sink_mode=sink,
                     initial_epoch=start_epoch)
     except RuntimeError as exc:                  # the data pipeline or the device failed mid-run
-        newest = folder.checkpoints()[-1][2] if writer and folder.checkpoints() else "none yet"
+        newest = folder.newest() if writer else "none yet"
         epoch, step = guard.position()
         detail = next((line.strip() for line in str(exc).splitlines() if "file" in line.lower()),
                       str(exc).splitlines()[0])
@@ -387,7 +387,7 @@ def main(argv=None):
             from None
     epoch, step = guard.position()
     if guard.stop == "nonfinite":
-        newest = folder.checkpoints()[-1][2] if folder.checkpoints() else "none yet"
+        newest = folder.newest()
         raise RunStopped(f"the loss is {guard.loss} at epoch {epoch} step {step}/{steps} (learning rate "
                          f"{guard.learning_rate():.3g}): training stopped, these weights are not saved; the last good "
                          f"checkpoint is {newest}. Try a lower --lr, a longer --warmup_epochs or --clip_grad 1.0")

@@ -85,6 +85,11 @@ class RunFolder:
                 found.append((int(match[1]), int(match[2]), os.path.join(self.folder, name)))
         return sorted(found)
 
+    def newest(self) -> str:
+        """The newest epoch checkpoint's path, or "none yet" (for messages)."""
+        found = self.checkpoints()
+        return found[-1][2] if found else "none yet"
+
     def latest(self):
         """The newest checkpoint that reads back whole, as ``(path, params, meta)`` (``checkpoint.read``); a damaged
         one is reported and passed over. None when there is none."""
