@@ -11,6 +11,7 @@ import sys
 
 from ms_vit import cli, compile_cache, create_model, data, device
 from ms_vit.evaluate import evaluate
+from ms_vit.factory import INFERENCE
 from ms_vit.history import write_json
 
 
@@ -33,7 +34,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     device.setup(args.device_target, args.mode)
-    net = create_model(args.model, image_size=args.image_size, checkpoint_path=args.ckpt_path, ema=args.use_ema)
+    net = create_model(args.model, image_size=args.image_size, checkpoint_path=args.ckpt_path, ema=args.use_ema,
+                       **INFERENCE)
     split_dir = os.path.join(args.data_dir, args.split)
     classes = (net.checkpoint_meta.get("classes")
                or data.resolve_classes(data.list_classes(split_dir), net.config.num_classes, split_dir))

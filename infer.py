@@ -20,6 +20,7 @@ import numpy as np
 from ms_vit import cli, compile_cache, create_model, data, device   # first: sets MindSpore's log level
 import mindspore as ms
 from ms_vit.evaluate import softmax
+from ms_vit.factory import INFERENCE
 from ms_vit.render import render_label
 
 
@@ -105,7 +106,7 @@ def main(argv=None):
         net = ExportedModel(args.ckpt_path)
         names = net.class_names
     else:
-        net = create_model(args.model, checkpoint_path=args.ckpt_path, ema=args.use_ema)
+        net = create_model(args.model, checkpoint_path=args.ckpt_path, ema=args.use_ema, **INFERENCE)
         net.set_train(False)
         names = class_names_for(net)
     os.makedirs(args.output_dir, exist_ok=True)

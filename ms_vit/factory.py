@@ -16,6 +16,11 @@ def _no_init_parameters():
         return contextlib.nullcontext()
     return no_init_parameters()
 
+# Overrides for a model that only evaluates: dropout and stochastic depth do nothing there, and a model built
+# without them has no random ops, so MindSpore compiles one transformer block for all (``vit.ReusedBlock``:
+# faster to compile, less memory). eval.py and infer.py build with them.
+INFERENCE = dict(drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0)
+
 # Fields that describe how weights were trained rather than the architecture: a checkpoint's values win
 # over a variant's defaults, since the weights need them.
 _WEIGHT_FIELDS = ("gelu_approximate", "layer_norm_eps", "mean", "std", "crop_pct", "interpolation", "global_pool")

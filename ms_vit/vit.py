@@ -224,6 +224,42 @@ class ResidualCell(nn.Cell):
         return x + self.drop_path(self.cell(x))
 
 
+class Block(nn.SequentialCell):
+    """One pre-norm transformer block: ``x + Attention(LayerNorm(x))``, then ``x + FeedForward(LayerNorm(x))``.
+
+    A SequentialCell of the two ResidualCells, so that its parameters are named ``<i>.0.*`` (attention) and
+    ``<i>.1.*`` (feed-forward) in the encoder, as in every ms_vit checkpoint.
+
+    Args: as ``TransformerEncoder``'s, with ``drop_path`` this block's stochastic-depth probability.
+
+    Inputs: x (B, N, D). Outputs: (B, N, D).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, drop_rate: float, attn_drop_rate: float,
+                 drop_path: float, layer_norm_eps: float, gelu_approximate: bool, fused_kernels: bool):
+        super().__init__([
+            ResidualCell(nn.SequentialCell([
+                LayerNorm(dim, layer_norm_eps, fused_kernels),
+                Attention(dim, num_heads, attn_drop_rate, drop_rate, fused_kernels)]), drop_path),
+            ResidualCell(nn.SequentialCell([
+                LayerNorm(dim, layer_norm_eps, fused_kernels),
+                FeedForward(dim, mlp_dim, drop_rate, gelu_approximate, fused_kernels)]), drop_path),
+        ])
+
+
+class ReusedBlock(Block):
+    """A ``Block`` that MindSpore's front end compiles once for all blocks built with the same arguments, then
+    inlines (``ms.lazy_inline(policy="front")``): the same graph, compiled faster and holding less memory
+    (ViT-Ti/16 inference: first call 2.3 -> 1.2 s, peak 600 -> 500 MB; ViT-B/16 912 -> 825 MB).
+
+    Only for blocks without random ops (no dropout, no stochastic depth): the copies share the first block's
+    random state, so their dropout masks would be the same (measured)."""
+
+    @ms.lazy_inline(policy="front")
+    def __init__(self, *args):
+        super().__init__(*args)
+
+
 class TransformerEncoder(nn.Cell):
     """Pre-norm transformer encoder: ``depth`` blocks of
     ``x + Attention(LayerNorm(x))`` then ``x + FeedForward(LayerNorm(x))``.
@@ -248,15 +284,11 @@ class TransformerEncoder(nn.Cell):
                  gelu_approximate: bool = False, fused_kernels: bool = False):
         super().__init__()
         drop_paths = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        deterministic = drop_rate == 0 and attn_drop_rate == 0 and drop_path_rate == 0
+        block = ReusedBlock if deterministic else Block
         self.layers = nn.SequentialCell([
-            nn.SequentialCell([
-                ResidualCell(nn.SequentialCell([
-                    LayerNorm(dim, layer_norm_eps, fused_kernels),
-                    Attention(dim, num_heads, attn_drop_rate, drop_rate, fused_kernels)]), drop_paths[i]),
-                ResidualCell(nn.SequentialCell([
-                    LayerNorm(dim, layer_norm_eps, fused_kernels),
-                    FeedForward(dim, mlp_dim, drop_rate, gelu_approximate, fused_kernels)]), drop_paths[i]),
-            ])
+            block(dim, num_heads, mlp_dim, drop_rate, attn_drop_rate, drop_paths[i], layer_norm_eps, gelu_approximate,
+                  fused_kernels)
             for i in range(depth)
         ])
 

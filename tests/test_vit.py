@@ -117,6 +117,18 @@ def test_stochastic_depth_drops_paths_in_training_only():
     np.testing.assert_allclose(net(x).asnumpy(), plain(x).asnumpy(), atol=1e-6)
 
 
+def test_blocks_compiled_once_only_without_random_ops():
+    """Blocks without dropout and stochastic depth share one compiled block (ReusedBlock, same numbers: see the
+    test above); with either, every block is its own (a reused block would share its random state)."""
+    from ms_vit.factory import INFERENCE
+    from ms_vit.vit import Block, ReusedBlock
+    assert {type(block) for block in tiny().transformer.layers} == {ReusedBlock}
+    for rate in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+        assert {type(block) for block in tiny(**{rate: 0.1}).transformer.layers} == {Block}, rate
+    trained = dict(drop_rate=0.1, attn_drop_rate=0.1, drop_path_rate=0.1)
+    assert {type(block) for block in tiny(**dict(trained, **INFERENCE)).transformer.layers} == {ReusedBlock}
+
+
 def test_drop_path_keeps_expectation():
     from ms_vit import DropPath
     drop = DropPath(0.25)

@@ -1,12 +1,34 @@
 // Helpers shared by ms_vit's CPU kernels (MindSpore AOT custom ops).
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <thread>
 #include <vector>
 
 namespace ms_vit {
+
+// e^x in float32 for vectorised loops, inlined (no call per vector to glibc's libmvec, no scalar expf per row
+// tail): Cody-Waite reduction to r = x - n ln 2, |r| <= ln 2 / 2, Cephes' degree-6 polynomial for e^r (relative
+// error ~1e-7), times 2^n built in the exponent bits. x is clamped to [-87.3, 88.3]: below, it returns ~1e-38
+// instead of 0 or a denormal (nothing a softmax or an erf can see).
+inline float exp_approx(float x) {
+  x = std::min(std::max(x, -87.3f), 88.3f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
 
 inline bool all_float32(int nparam, const char **dtypes) {
   for (int i = 0; i < nparam; ++i)

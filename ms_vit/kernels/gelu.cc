@@ -1,7 +1,7 @@
 // Exact (erf) GELU and its gradient for MindSpore CPU, as AOT custom-op kernels (ms_vit.kernels).
 //
 // erf(z) follows Abramowitz & Stegun 7.1.26 (max abs error 1.5e-7), as PyTorch's vectorised CPU erf does;
-// the loops vectorise (expf from glibc's libmvec under -ffast-math) and large tensors are split over threads.
+// the loops vectorise (exp inlined: ms_vit::exp_approx in common.h) and large tensors are split over threads.
 // Signature: MindSpore's AOT interface, int f(int nparam, void **params, int *ndims, int64_t **shapes,
 // const char **dtypes, void *stream, void *extra); inputs then outputs in params, float32 only.
 #include <cmath>
@@ -20,7 +20,7 @@ inline float erf_as(float z) {
   const float t = 1.0f / (1.0f + 0.3275911f * a);
   const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f +
                      t * 1.061405429f))));
-  const float r = 1.0f - poly * std::exp(-a * a);
+  const float r = 1.0f - poly * ms_vit::exp_approx(-a * a);
   return std::copysign(r, z);
 }
 
@@ -52,7 +52,7 @@ extern "C" int GeluErfGrad(int nparam, void **params, int *ndims, int64_t **shap
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
       const float cdf = 0.5f * (1.0f + erf_as(x[i] * kInvSqrt2));
-      const float pdf = kInvSqrt2Pi * std::exp(-0.5f * x[i] * x[i]);
+      const float pdf = kInvSqrt2Pi * ms_vit::exp_approx(-0.5f * x[i] * x[i]);
       dx[i] = dy[i] * (cdf + x[i] * pdf);
     }
   });

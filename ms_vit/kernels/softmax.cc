@@ -26,7 +26,7 @@ extern "C" int SoftmaxLastAxis(int nparam, void **params, int *ndims, int64_t **
     float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < cols; ++j) {
-      yr[j] = std::exp(xr[j] - top);
+      yr[j] = ms_vit::exp_approx(xr[j] - top);
       sum += yr[j];
     }
     const float inv = 1.0f / sum;
