@@ -132,6 +132,19 @@ def best_round(rounds):
     return best
 
 
+IMPORTS = {"ms_vit": "import sys; sys.path.insert(0, %r); import mindspore, ms_vit" % ROOT,
+           "timm": "import sys; sys.path.insert(0, %r); import _torchvision_stub; _torchvision_stub.install(); "
+                   "import torch, timm" % HERE}
+
+
+def import_peak_mb(framework):
+    """Peak memory (max RSS, MB) of a fresh process that only imports the framework: the floor of every case."""
+    probe = IMPORTS[framework] + "; import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env=dict(os.environ, GLOG_v="3"))
+    return float(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else float("nan")
+
+
 def timm_available():
     probe = ("import sys; sys.path.insert(0, %r); import _torchvision_stub; _torchvision_stub.install(); "
              "import torch, timm" % HERE)
@@ -210,6 +223,9 @@ def main():
             print(f"{label:<22}{ours['img_s']:>13.2f}{theirs.get('img_s', float('nan')):>12.2f}{ratio:>7}"
                   f"{ours['peak_mb']:>11.0f}{theirs.get('peak_mb', float('nan')):>9.0f}"
                   f"{ours['first_s']:>13.1f}{theirs.get('first_s', float('nan')):>11.1f}", flush=True)
+    floors = {name: import_peak_mb(name) for name in (("ms_vit", "timm") if with_timm else ("ms_vit",))}
+    print("import alone (the floor of every case's peak): "
+          + ", ".join(f"{name} {mb:.0f} MB" for name, mb in floors.items()), flush=True)
     if not args.no_pipeline:
         train = next((r for r in rows if r["model"] == "b16" and r["case"] == "train" and "img_s" in r["ms_vit"]), None)
         need = f"; B/16 training consumes {train['ms_vit']['img_s']:.2f} img/s" if train else ""
@@ -217,7 +233,7 @@ def main():
             rate = pipeline_throughput(deit=deit)
             print(f"data pipeline ({label}, 224 px, real JPEGs, 2 workers): {rate:.1f} img/s{need}", flush=True)
     with open(os.path.join(HERE, "last_run.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+        json.dump({"cases": rows, "import_peak_mb": floors}, f, indent=1)
 
 
 if __name__ == "__main__":

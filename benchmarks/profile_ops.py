@@ -47,7 +47,8 @@ def main():
     for _ in range(args.steps):
         run()
     profiler.analyse()
-    table = glob.glob(os.path.join(out, "*", "FRAMEWORK", "cpu_op_type_info_*.csv"))[0]
+    framework = glob.glob(os.path.join(out, "*", "FRAMEWORK"))[0]
+    table = glob.glob(os.path.join(framework, "cpu_op_type_info_*.csv"))[0]
     rows = sorted(csv.DictReader(open(table)), key=lambda r: -float(r["total_compute_time"]))
     total = sum(float(r["total_compute_time"]) for r in rows)
     print(f"{args.model} {args.case} batch {args.batch}: {total / args.steps:.0f} ms of kernels per step")
@@ -56,6 +57,27 @@ def main():
         ms_step = float(r["total_compute_time"]) / args.steps
         print(f"{r['op_type']:<28}{int(r['type_occurrences']) // args.steps:>11}{ms_step:>10.1f}"
               f"{ms_step * args.steps / total:>8.1%}")
+    print_gaps(glob.glob(os.path.join(framework, "cpu_op_execute_timestamp_*.txt"))[0], args.steps)
+
+
+def print_gaps(timestamps, steps):
+    """Per step: wall time from the first kernel's start to the last one's end, time inside kernels, and the
+    time between kernels (the runtime's work of launching the next one)."""
+    events = []                                           # (start us, duration us)
+    with open(timestamps) as f:
+        for line in f:
+            for item in line.strip().split(";")[-1].split():
+                start_ns, duration_ms = item.split(",")[:2]
+                events.append((int(start_ns) / 1e3, float(duration_ms) * 1e3))
+    events.sort()
+    per_step = len(events) // steps
+    for i in range(steps):
+        step = events[i * per_step:(i + 1) * per_step]
+        span = step[-1][0] + step[-1][1] - step[0][0]
+        busy = sum(duration for _, duration in step)
+        gaps = sorted(b[0] - (a[0] + a[1]) for a, b in zip(step, step[1:]))
+        print(f"step {i + 1}: {len(step)} kernels, {span / 1e3:.1f} ms first start to last end, {busy / 1e3:.1f} ms "
+              f"in kernels, {(span - busy) / 1e3:.1f} ms between them (median gap {gaps[len(gaps) // 2]:.0f} us)")
 
 
 if __name__ == "__main__":
