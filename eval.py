@@ -43,7 +43,7 @@ def main(argv=None):
     dataset = data.create_dataset(split_dir, classes, net.config, batch_size, training=False,
                                   num_workers=args.num_workers)
     if args.mode == "graph":           # one graph shape: evaluate pads the last batch to the first's size
-        compile_cache.enable(net, (batch_size, net.config.in_channels, net.config.image_size, net.config.image_size))
+        compile_cache.enable(net, batch_size)
     metrics = evaluate(net, dataset)
     metrics.update(checkpoint=os.path.abspath(args.ckpt_path), split=args.split)
     output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.ckpt_path)), f"eval_{args.split}.json")

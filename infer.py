@@ -112,13 +112,10 @@ def main(argv=None):
     os.makedirs(args.output_dir, exist_ok=True)
     size = min(args.batch_size, len(args.images))
     if mode == "graph" and not args.attention and not isinstance(net, ExportedModel):
-        c = net.config
-        compile_cache.enable(net, (size, c.in_channels, c.image_size, c.image_size))
+        compile_cache.enable(net, size)
     for group in batches(args.images, size):
         crops = [data.read_image(path, net.config) for path in group]   # decoded once: for the model and pictures
-        images = ms.ops.cat([data.to_model_input(crop, net.config) for crop in crops])
-        if len(group) < size:                                         # the shape the graph was compiled for
-            images = ms.ops.cat([images, ms.ops.zeros((size - len(group), *images.shape[1:]), images.dtype)])
+        images = data.pad_batch(ms.ops.cat([data.to_model_input(crop, net.config) for crop in crops]), size)
         all_probs = softmax(net(images).asnumpy().astype(np.float64))
         for index, (path, crop, probs) in enumerate(zip(group, crops, all_probs)):
             top = np.argsort(-probs)[:args.topk]

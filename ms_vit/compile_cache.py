@@ -17,6 +17,8 @@ import os
 
 import mindspore as ms
 
+from .files import cache_root
+
 logger = logging.getLogger("ms_vit")
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
@@ -38,11 +40,12 @@ def graph_key(net, input_shape) -> str:
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def enable(net, input_shape) -> str:
-    """Turn MindSpore's compile cache on for ``net``'s forward graph on ``input_shape`` inputs (graph mode);
-    returns the folder, or "" when the cache folder cannot be written (then every process compiles)."""
-    base = os.environ.get("MS_VIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ms_vit"))
-    folder = os.path.join(base, "graphs", graph_key(net, input_shape))
+def enable(net, batch_size: int) -> str:
+    """Turn MindSpore's compile cache on for ``net``'s forward graph on batches of ``batch_size`` images (graph
+    mode); returns the folder, or "" when the cache folder cannot be written (then every process compiles)."""
+    c = net.config
+    folder = os.path.join(cache_root(), "graphs",
+                          graph_key(net, (batch_size, c.in_channels, c.image_size, c.image_size)))
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:

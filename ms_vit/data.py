@@ -227,6 +227,14 @@ def to_model_input(crop: np.ndarray, config: ViTConfig) -> ms.Tensor:
     return ms.Tensor(crop[None].astype(np.float32))
 
 
+def pad_batch(images: ms.Tensor, size: int) -> ms.Tensor:
+    """A batch of fewer than ``size`` images, padded with zero images to ``size``: the shape a compiled graph
+    was built for (the caller drops the padding's outputs)."""
+    if len(images) >= size:
+        return images
+    return ms.ops.cat([images, ms.ops.zeros((size - len(images), *images.shape[1:]), images.dtype)])
+
+
 def load_image(path: str, config: ViTConfig) -> ms.Tensor:
     """One image file -> the evaluation transform's (1, C, S, S) tensor."""
     return to_model_input(read_image(path, config), config)

@@ -4,6 +4,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 
+from .data import pad_batch
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -29,9 +31,7 @@ def evaluate(net, dataset, across_ranks: bool = False) -> dict:
     for images, labels in dataset.create_tuple_iterator(num_epochs=1, output_numpy=False):
         labels = labels.asnumpy().astype(np.int64)
         batch_size = batch_size or len(labels)
-        if len(labels) < batch_size:
-            images = ops.cat([images, ops.zeros((batch_size - len(labels), *images.shape[1:]), images.dtype)])
-        logits = net(images).asnumpy().astype(np.float64)[:len(labels)]   # (B, K)
+        logits = net(pad_batch(images, batch_size)).asnumpy().astype(np.float64)[:len(labels)]   # (B, K)
         log_probs = np.log(softmax(logits) + 1e-300)
         loss_sum += float(-log_probs[np.arange(len(labels)), labels].sum())
         top5 = np.argsort(-logits, axis=1)[:, :5]

@@ -1,6 +1,11 @@
-"""Writing files so that a reader (or a resumed run) never sees a half-written one."""
+"""Writing files so that a reader (or a resumed run) never sees a half-written one; where caches go."""
 import os
 from typing import Callable
+
+
+def cache_root() -> str:
+    """ms_vit's cache folder: ``$MS_VIT_CACHE``, default ``~/.cache/ms_vit`` (compiled kernels, compiled graphs)."""
+    return os.environ.get("MS_VIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ms_vit"))
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:

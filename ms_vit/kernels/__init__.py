@@ -31,6 +31,8 @@ import tempfile
 import mindspore as ms
 from mindspore import nn, ops
 
+from ..files import cache_root
+
 logger = logging.getLogger("ms_vit")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = [os.path.join(_HERE, name) for name in ("gelu.cc", "layer_norm.cc", "heads.cc", "patches.cc", "softmax.cc", "dense.cc")]
@@ -39,8 +41,7 @@ _FLAGS = ["-std=c++17", "-O3", "-march=native", "-ffast-math", "-fopenmp-simd", 
 
 
 def _cache_dir():
-    base = os.environ.get("MS_VIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ms_vit"))
-    return os.path.join(base, "kernels")
+    return os.path.join(cache_root(), "kernels")
 
 
 def _cpu_signature():
