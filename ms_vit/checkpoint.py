@@ -63,19 +63,21 @@ def read(path: str):
     B/16 +660 MB -> +350 MB); anything else (encrypted, map tensors, bfloat16) goes to MindSpore's loader."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    def damaged():
+        return CheckpointError(f"cannot read checkpoint {path}: the file is truncated or corrupted "
+                               f"({os.path.getsize(path):,} bytes)")
+
     try:
         raw = _read_ckpt(path)
     except _Unsupported:
         raw = None
     except (ValueError, OSError, EOFError):
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or corrupted "
-                              f"({os.path.getsize(path):,} bytes)") from None
+        raise damaged() from None
     if raw is None:
         try:
             loaded = ms.load_checkpoint(path, crc_check=True)
         except Exception:  # MindSpore raises ValueError/RuntimeError on damaged files
-            raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or corrupted "
-                                  f"({os.path.getsize(path):,} bytes)") from None
+            raise damaged() from None
         raw = {k: (v.asnumpy() if isinstance(v, ms.Parameter) else v) for k, v in loaded.items()}
     meta = json.loads(raw.pop(META_KEY)) if isinstance(raw.get(META_KEY), str) else {}
     params = {k: v for k, v in raw.items() if isinstance(v, np.ndarray)}
