@@ -33,7 +33,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    device.setup(args.device_target, args.mode)
+    setup = device.setup(args.device_target, args.mode)
+    print(device.describe(setup.device_target, setup.notes), file=sys.stderr)
     net = create_model(args.model, image_size=args.image_size, checkpoint_path=args.ckpt_path, ema=args.use_ema,
                        **INFERENCE)
     split_dir = os.path.join(args.data_dir, args.split)

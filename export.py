@@ -87,7 +87,9 @@ def main(argv=None):
         raise ValueError(f"unknown --file_format {args.file_format}: choose one of {', '.join(FORMATS)}")
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, not {args.batch_size}")
-    target, _, _, _ = device.setup(args.device_target, args.mode)
+    setup = device.setup(args.device_target, args.mode)
+    target = setup.device_target
+    print(device.describe(target, setup.notes), file=sys.stderr)
     if args.file_format == "AIR" and target != "Ascend":
         raise ValueError("AIR files are written on Ascend only (use MINDIR: it runs on Ascend too)")
     base = args.output or os.path.splitext(args.ckpt_path)[0]

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from ms_vit import cli, compile_cache, create_model, data, device   # first: sets MindSpore's log level
+from ms_vit import cli, compile_cache, create_model, data, device
 import mindspore as ms
 from ms_vit.evaluate import softmax
 from ms_vit.factory import INFERENCE
@@ -99,7 +99,8 @@ def main(argv=None):
         raise FileNotFoundError(f"image not found: {', '.join(missing)}")
     # one forward pass: no graph compilation (seconds for B/16) to pay back, PyNative answers first
     mode = args.mode if args.mode != "auto" else ("pynative" if len(args.images) <= args.batch_size else "graph")
-    device.setup(args.device_target, mode)
+    setup = device.setup(args.device_target, mode)
+    print(device.describe(setup.device_target, setup.notes), file=sys.stderr)
     if args.ckpt_path.lower().endswith(".mindir"):
         if args.attention:
             raise ValueError("--attention needs the checkpoint (an exported MINDIR returns only the logits)")

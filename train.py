@@ -5,35 +5,39 @@
 Each epoch is followed by top-1/top-5 on ROOT/val; the best checkpoint (by top-1) is kept as best.ckpt,
 the last epochs as vit-<epoch>_<step>.ckpt (with optimizer state, for --resume).
 
-Faults: SIGTERM/SIGINT (pre-emption, Ctrl-C) finish the current step, write vit-<epoch>_<step>.ckpt and exit
-with 128 + the signal's number; the same command with --resume auto continues from the newest checkpoint, at the
-same step, learning rate and data order. A non-finite loss stops the run at once (exit status 1) without saving
-those weights. Every file is written atomically; one run at a time holds --ckpt_save_dir.
+On Ascend/GPU the dataset is sunk into the device --sink_size steps at a time: progress, the loss and overflow
+checks and signals are handled between sinks; epochs, evaluation and checkpoints stay per epoch.
+
+Faults: SIGTERM/SIGINT (pre-emption, Ctrl-C) finish the current step (or sink), write vit-<epoch>_<step>.ckpt and
+exit with 128 + the signal's number; the same command with --resume auto continues from the newest checkpoint, at
+the same step, learning rate and data order. A non-finite loss, or float16 steps that keep overflowing, stop the run
+(exit status 1) without saving those weights. Every file is written atomically; one run at a time holds
+--ckpt_save_dir.
 """
 import argparse
 import os
 import sys
 import time
+from types import SimpleNamespace
 
-from ms_vit import checkpoint, cli, create_model, data, device   # first: sets MindSpore's log level
 import numpy as np
 import mindspore as ms
 from mindspore import nn
-from mindspore.train import Model, Callback
+from mindspore.train import Model
 
-from ms_vit.evaluate import evaluate
-from ms_vit.history import RunHistory
-from ms_vit.factory import build_model
-from ms_vit.guard import RunGuard, RunStopped
-from ms_vit.run_folder import RunFolder
+from ms_vit import amp, checkpoint, cli, create_model, data, device, sink
 from ms_vit.augment import Mixup
 from ms_vit.config import parse_with_config, write_config
+from ms_vit.evaluate import evaluate
+from ms_vit.factory import build_model
+from ms_vit.guard import MAX_OVERFLOWS_IN_A_ROW, RunGuard, RunStopped
+from ms_vit.history import RunHistory
 from ms_vit.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from ms_vit.lr import cosine_lr
+from ms_vit.lr import training_schedule
 from ms_vit.optim import AdamW, layer_decay_scales
-from ms_vit.train_step import ModelEMA, TrainStep
 from ms_vit.progress import Progress, format_duration
-
+from ms_vit.run_folder import RunFolder
+from ms_vit.train_step import ModelEMA, TrainStep
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,6 +78,12 @@ def build_parser():
         g.add_argument(f"--{name}", type=int, help=f"override the variant's {name} (small models for CPU)")
     g.add_argument("--drop_rate", type=float, default=0.0, help="dropout (default: %(default)s)")
     g.add_argument("--drop_path_rate", type=float, default=0.1, help="stochastic depth (default: %(default)s)")
+    g.add_argument("--recompute", action="store_true",
+                   help="recompute each transformer block's activations in the backward pass instead of keeping them "
+                        "(MindSpore's Cell.recompute, timm's set_grad_checkpointing): less memory, more compute")
+    g.add_argument("--device_kernels", action="store_true",
+                   help="Ascend: FlashAttention (910B and later, under --amp_level O1-O3) and the exact GELU as one "
+                        "operator; not run on hardware here (see README)")
     g.add_argument("--weight_init", choices=["timm", "jax"], default="timm",
                    help="initialisation from scratch: timm (timm's default, DeiT's) or jax (the ViT paper's) "
                         "(default: %(default)s)")
@@ -112,13 +122,25 @@ def build_parser():
     g.add_argument("--ckpt_save_dir", default="outputs/train", help="(default: %(default)s)")
     g.add_argument("--log_interval", type=int, default=100,
                    help="steps between progress lines, at most 4 per epoch apart (default: %(default)s)")
+    g.add_argument("--sink_size", type=int,
+                   help="steps the device runs between two looks of the host (progress, loss and overflow checks, "
+                        "SIGTERM): MindSpore's dataset sink size on Ascend/GPU, rounded down to a divisor of the steps "
+                        "per epoch. Default: the progress interval on Ascend/GPU; 1 (step by step) on CPU, where a "
+                        "larger N replays the device's sink cadence")
     g.add_argument("--keep_checkpoint_max", type=int, default=2, help="epoch checkpoints kept (default: %(default)s)")
     cli.add_device_args(p)
-    g.add_argument("--amp_level", choices=list(device.AMP_LEVELS),
-                   help="mixed precision (default: O2 with loss scaling on Ascend, O0 on CPU and GPU)")
+    g.add_argument("--amp_level", choices=list(amp.LEVELS),
+                   help="mixed precision: O1 matrix products, O2 all but LayerNorm and softmax, O3 all in --amp_dtype "
+                        "(default: O2 on Ascend, O0 (float32) on CPU and GPU)")
+    g.add_argument("--amp_dtype", choices=list(amp.DTYPES), default="float16",
+                   help="float16 (with dynamic loss scaling) or bfloat16 (Ascend 910B and later; no loss scaling) "
+                        "(default: %(default)s)")
     g.add_argument("--distribute", action="store_true",
                    help="data-parallel over the processes started by msrun (one per device): "
                         f"{device.LAUNCH_HINT}")
+    g.add_argument("--parallel_optimizer", action="store_true",
+                   help="with --distribute on Ascend: shard the optimizer's work over the ranks (MindSpore's parallel "
+                        "optimizer), each rank updating its share of the weights and broadcasting them")
     g.add_argument("--seed", type=int, default=42, help="(default: %(default)s)")
     return p
 
@@ -130,21 +152,19 @@ def param_groups(net, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-class EvaluateAndKeepBest(Callback):
-    """After each epoch: top-1/top-5 on the validation set (of the EMA weights too, with ``ema``); the best epoch
-    saved as ``best.ckpt`` (with the EMA weights, for ``eval.py --use_ema``); the run's history and curves
-    (``ms_vit.history``) written. A resumed run continues the history and keeps the best top-1 of its earlier
-    epochs: ``best.ckpt`` is never replaced by a worse epoch.
+class EvaluateAndKeepBest:
+    """After each epoch (``RunGuard(on_epoch_end=[...])``): top-1/top-5 on the validation set (of the EMA weights
+    too, with ``ema``); the best epoch saved as ``best.ckpt`` (with the EMA weights, for ``eval.py --use_ema``); the
+    run's history and curves (``ms_vit.history``) written. A resumed run continues the history and keeps the best
+    top-1 of its earlier epochs: ``best.ckpt`` is never replaced by a worse epoch.
 
     Under data parallelism every rank evaluates its shard of the validation set and the counts are summed
     (``evaluate(across_ranks=True)``); only the writer (rank 0) prints and writes files."""
 
-    def __init__(self, net, val_dataset, history, steps_per_epoch, meta, folder, guard, writer=True,
-                 across_ranks=False, ema=None):
-        super().__init__()
+    def __init__(self, net, val_dataset, history, steps_per_epoch, meta, folder, writer=True, across_ranks=False,
+                 ema=None):
         self.net, self.val_dataset, self.history, self.meta, self.ema = net, val_dataset, history, meta, ema
-        self.folder, self.guard = folder, guard
-        self.steps_per_epoch, self.writer, self.across_ranks = steps_per_epoch, writer, across_ranks
+        self.folder, self.steps_per_epoch, self.writer, self.across_ranks = folder, steps_per_epoch, writer, across_ranks
         best = history.best()
         self.best_top1 = best["top1"] if best else -1.0
 
@@ -159,10 +179,7 @@ class EvaluateAndKeepBest(Callback):
             for weight, value in zip(self.ema.weights, trained):
                 weight.set_data(value)
 
-    def on_train_epoch_end(self, run_context):
-        if self.guard.stop:                       # interrupted mid-epoch, or not finite: nothing to evaluate
-            return
-        epoch = run_context.original_args().cur_epoch_num
+    def __call__(self, epoch: int):
         start = time.time()
         metrics = evaluate(self.net, self.val_dataset, across_ranks=self.across_ranks)
         entry = dict(metrics, epoch=epoch, step=epoch * self.steps_per_epoch)
@@ -188,18 +205,6 @@ class EvaluateAndKeepBest(Callback):
         self.folder.write("the run's history", self.history.save)
 
 
-class SaveEachEpoch(Callback):
-    """``save()`` after each epoch that the guard let finish."""
-
-    def __init__(self, save, guard):
-        super().__init__()
-        self.save, self.guard = save, guard
-
-    def on_train_epoch_end(self, run_context):
-        if not self.guard.stop:
-            self.save()
-
-
 def resume_position(params: dict, meta: dict, steps: int, source: str):
     """``(epochs complete, steps done in the next epoch)`` where a checkpoint written by train.py left off."""
     if "global_step" in meta:
@@ -220,134 +225,211 @@ def require_finite(net, where: str) -> None:
                              "checkpoints are kept. Try a lower --lr, a longer --warmup_epochs or --clip_grad 1.0")
 
 
-def build_train_step(args, net, steps: int, global_batch: int, amp_level: str, writer: bool, soft_targets: bool):
-    """The loss (soft-target cross-entropy after Mixup/CutMix, else label-smoothed), optimizer (AdamW or Adam,
-    cosine schedule, layer decay), EMA and ``TrainStep`` of the recipe; returns ``(train_step, ema, per-step
-    learning rates)``."""
-    lr = args.lr
-    if args.lr_base_size:
-        lr = args.lr * global_batch / args.lr_base_size
-        if writer:
-            print(f"learning rate {args.lr:g} x global batch {global_batch} / {args.lr_base_size} = {lr:g} "
-                  "(linear scaling)", flush=True)
-    # the schedule per step; the optimizer steps once every --accumulation_steps steps
-    lrs = cosine_lr(lr, steps, args.epoch_size, args.warmup_epochs, args.min_lr)
-    k = args.accumulation_steps
-    groups = param_groups(net, args.weight_decay)
-    scales = (layer_decay_scales([p.name for p in net.trainable_params()], net.config.depth, args.layer_decay)
-              if args.layer_decay else None)
-    schedule = ms.Tensor(lrs[k - 1::k])
-    if args.optimizer == "adamw":
-        optimizer = AdamW(groups, learning_rate=schedule, lr_scales=scales)
-    elif scales:
-        raise ValueError("--layer_decay needs --optimizer adamw")
-    else:
-        optimizer = nn.Adam(groups, learning_rate=schedule)
-    # label smoothing is folded into Mixup's soft targets
-    loss_fn = SoftTargetCrossEntropy() if soft_targets else LabelSmoothingCrossEntropy(args.label_smoothing)
-    ema = ModelEMA(net.trainable_params(), args.ema_decay) if args.ema_decay else None
-    compute = ms.amp.auto_mixed_precision(net, amp_level) if amp_level != "O0" else net
-    scaler = device.loss_scale_manager(amp_level)
-    train_step = TrainStep(nn.WithLossCell(compute, loss_fn), optimizer,
-                           scaler.get_update_cell() if scaler else None, args.clip_grad, k, ema)
-    return train_step, ema, lrs
+# The steps of the job, in the order main() takes them.
 
-
-def main(argv=None):
-    parser = build_parser()
-    args = parse_with_config(parser, argv)
+def parse_args(argv):
+    """The options (``--config`` file, then the command line), checked before any work."""
+    args = parse_with_config(build_parser(), argv)
     if not args.data_dir:
         raise ValueError("--data_dir is required (on the command line or in the --config file)")
     if args.pretrained and args.resume and args.resume != "auto":
         raise ValueError("give --pretrained or --resume, not both (--pretrained with --resume auto: fine-tune "
                          "from --pretrained unless --ckpt_save_dir holds a checkpoint to continue)")
-    if args.accumulation_steps < 1:
-        raise ValueError(f"--accumulation_steps must be at least 1, not {args.accumulation_steps}")
-    target, amp_level, rank, group_size = device.setup(args.device_target, args.mode, args.amp_level, args.seed,
-                                                       args.distribute)
-    writer = rank == 0                         # one writer: rank 0 alone prints and writes --ckpt_save_dir
+    for name in ("accumulation_steps", "sink_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be at least 1, not {value}")
+    if args.parallel_optimizer and not args.distribute:
+        raise ValueError("--parallel_optimizer shards the optimizer over the ranks of --distribute")
+    return args
+
+
+def start(args):
+    """Device, mode, seeds, ranks, AMP and the run folder; the device line."""
+    setup = device.setup(args.device_target, args.mode, args.seed, args.distribute)
+    amp_level = args.amp_level or amp.default_level(setup.device_target)
+    amp.check(amp_level, args.amp_dtype, setup.device_target)
+    if args.parallel_optimizer:
+        if setup.device_target != "Ascend":
+            raise ValueError(f"--parallel_optimizer runs on Ascend only (MindSpore's parallel optimizer in data-parallel "
+                             f"mode), not on {setup.device_target}")
+        ms.set_auto_parallel_context(enable_parallel_optimizer=True)
+    writer = setup.rank == 0                    # one writer: rank 0 alone prints and writes --ckpt_save_dir
     folder = RunFolder(args.ckpt_save_dir, args.keep_checkpoint_max)
     if writer:
         folder.check_writable()                # an error before reading the data
-    train_dir, val_dir = os.path.join(args.data_dir, "train"), os.path.join(args.data_dir, "val")
-    classes = data.list_classes(train_dir)
-    num_train = data.scan_split(train_dir)
-    num_val = data.scan_split(val_dir, classes)
-    if num_val < group_size:
-        raise ValueError(f"{num_val} validation images cannot be shared by {group_size} workers: each evaluates "
-                         "its shard")
-    num_classes = args.num_classes or len(classes)
-    classes = data.resolve_classes(classes, num_classes, train_dir)    # ImageNet wnids keep their standard index
+        print(device.describe(setup.device_target, setup.notes), flush=True)
+    return SimpleNamespace(target=setup.device_target, rank=setup.rank, group_size=setup.group_size,
+                           distributed=setup.group_size > 1, writer=writer, folder=folder, amp_level=amp_level)
 
-    overrides = {k: getattr(args, k) for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_dim")}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    resume_path, resume_params, resume_meta = args.resume, {}, {}
+
+def check_splits(args, run):
+    """The class folders and every image of train/ and val/ checked (``data.scan_split``)."""
+    train_dir, val_dir = os.path.join(args.data_dir, "train"), os.path.join(args.data_dir, "val")
+    folders = data.list_classes(train_dir)
+    num_train = data.scan_split(train_dir)
+    num_val = data.scan_split(val_dir, folders)
+    if num_val < run.group_size:
+        raise ValueError(f"{num_val} validation images cannot be shared by {run.group_size} workers: each evaluates "
+                         "its shard")
+    num_classes = args.num_classes or len(folders)
+    classes = data.resolve_classes(folders, num_classes, train_dir)   # ImageNet wnids keep their standard index
+    return SimpleNamespace(train_dir=train_dir, val_dir=val_dir, num_train=num_train, num_val=num_val,
+                           num_classes=num_classes, classes=classes, names=data.class_names(args.data_dir, classes))
+
+
+def find_resume(args, run):
+    """``(path, params, meta)`` of the checkpoint to continue (``--resume``; ``auto``: the newest in the folder), or
+    ``(None, {}, {})`` for a new run."""
     if args.resume == "auto":
-        found = folder.latest()
-        resume_path = found[0] if found else None
-        if writer:
-            print(f"resuming from {resume_path}" if found else
+        found = run.folder.latest()
+        if run.writer:
+            print(f"resuming from {found[0]}" if found else
                   f"no checkpoint in {args.ckpt_save_dir} to resume: starting a new run", flush=True)
-        if found:
-            _, resume_params, resume_meta = found
-    elif args.resume:
-        resume_params, resume_meta = checkpoint.read(args.resume)       # read once: weights and optimizer state
-    fused_kernels = None if amp_level == "O0" else False     # the fused CPU kernels compute in float32 only
-    if resume_path:
-        # the architecture is the checkpoint's: the same command line with --resume added continues the run
-        net = build_model(None if "config" in resume_meta else args.model, resume_params, resume_meta, resume_path,
-                          num_classes, args.image_size, fused_kernels, drop_rate=args.drop_rate,
-                          drop_path_rate=args.drop_path_rate)
+        return found or (None, {}, {})
+    if args.resume:
+        return (args.resume, *checkpoint.read(args.resume))          # read once: weights and optimizer state
+    return None, {}, {}
+
+
+def build_network(args, run, splits, resume):
+    """The ViT: a resumed run's architecture is its checkpoint's (the same command line with --resume added
+    continues the run); else the variant, from scratch or ``--pretrained``. Under data parallelism every rank
+    starts from rank 0's weights."""
+    path, params, meta = resume
+    options = dict(fused_kernels=None if run.amp_level == "O0" else False,   # the fused CPU kernels: float32 only
+                   device_kernels=args.device_kernels, drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate)
+    if path:
+        net = build_model(None if "config" in meta else args.model, params, meta, path, splits.num_classes,
+                          args.image_size, **options)
     else:
-        net = create_model(args.model or (None if args.pretrained else "vit_b_16_224"), num_classes=num_classes,
-                           image_size=args.image_size, checkpoint_path=args.pretrained, fused_kernels=fused_kernels,
-                           drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate,
-                           weight_init=args.weight_init, **overrides)
-    config = net.config
-    names = data.class_names(args.data_dir, classes)
-    shard = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
-    global_batch = group_size * args.batch_size
-    val_ds = data.create_dataset(val_dir, classes, config, args.batch_size, training=False,
+        overrides = {k: getattr(args, k) for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_dim")}
+        net = create_model(args.model or (None if args.pretrained else "vit_b_16_224"), num_classes=splits.num_classes,
+                           image_size=args.image_size, checkpoint_path=args.pretrained, weight_init=args.weight_init,
+                           **options, **{k: v for k, v in overrides.items() if v is not None})
+    if args.recompute:
+        net.set_grad_checkpointing(True)
+    if run.distributed:
+        device.same_weights_as_rank0(net)
+    return net
+
+
+def build_datasets(args, run, splits, config):
+    """The training pipeline (augmentation, Mixup/CutMix, this rank's shard) and the validation one."""
+    shard = dict(num_shards=run.group_size, shard_id=run.rank) if run.distributed else {}
+    val_ds = data.create_dataset(splits.val_dir, splits.classes, config, args.batch_size, training=False,
                                  num_workers=args.num_workers, **shard)
-    batches = f"{group_size} workers x {args.batch_size} = global batch {global_batch}" if group_size > 1 \
-        else f"batch {args.batch_size}"
-    mixup = (Mixup(args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob, args.label_smoothing, num_classes)
-             if args.mixup > 0 or args.cutmix > 0 else None)
+    mixup = (Mixup(args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob, args.label_smoothing,
+                   splits.num_classes) if args.mixup > 0 or args.cutmix > 0 else None)
     train_ds = data.create_dataset(
-        train_dir, classes, config, args.batch_size, training=True, num_workers=args.num_workers,
+        splits.train_dir, splits.classes, config, args.batch_size, training=True, num_workers=args.num_workers,
         min_crop_scale=args.min_crop_scale, hflip=args.hflip, augment=not args.no_augment,
         shuffle=not args.no_shuffle, auto_augment=args.auto_augment, re_prob=args.re_prob, re_mode=args.re_mode,
         mixup=mixup, repeated_aug=args.aug_repeats, seed=args.seed, **shard)
+    global_batch = run.group_size * args.batch_size
+    batches = (f"{run.group_size} workers x {args.batch_size} = global batch {global_batch}" if run.distributed
+               else f"batch {args.batch_size}")
     steps = train_ds.get_dataset_size()         # per rank = global steps: every rank takes each step together
     if steps == 0:
-        raise ValueError(f"{num_train} training images make no full step of {batches}: lower --batch_size"
-                         + (" or the number of workers" if group_size > 1 else ""))
-    if writer:
-        folder.open()                          # another run's: an error before any work
-    start_epoch, start_step = resume_position(resume_params, resume_meta, steps, resume_path) if resume_path \
-        else (0, 0)
+        raise ValueError(f"{splits.num_train} training images make no full step of {batches}: lower --batch_size"
+                         + (" or the number of workers" if run.distributed else ""))
+    return SimpleNamespace(train=train_ds, val=val_ds, soft_targets=mixup is not None, steps=steps,
+                           global_batch=global_batch, batches=batches)
+
+
+def build_train_step(args, net, steps: int, global_batch: int, run, soft_targets: bool):
+    """The loss (soft-target cross-entropy after Mixup/CutMix, else label-smoothed), optimizer (AdamW or Adam,
+    cosine schedule over the optimizer steps, layer decay), EMA, AMP and ``TrainStep`` of the recipe; returns
+    ``(train_step, ema, the learning rate of each step)``."""
+    lr = args.lr
+    if args.lr_base_size:
+        lr = args.lr * global_batch / args.lr_base_size
+        if run.writer:
+            print(f"learning rate {args.lr:g} x global batch {global_batch} / {args.lr_base_size} = {lr:g} "
+                  "(linear scaling)", flush=True)
+    updates, per_step = training_schedule(lr, steps, args.epoch_size, args.warmup_epochs, args.min_lr,
+                                          args.accumulation_steps)
+    groups = param_groups(net, args.weight_decay)
+    scales = (layer_decay_scales([p.name for p in net.trainable_params()], net.config.depth, args.layer_decay)
+              if args.layer_decay else None)
+    if args.optimizer == "adamw":
+        optimizer = AdamW(groups, learning_rate=ms.Tensor(updates), lr_scales=scales)
+    elif scales:
+        raise ValueError("--layer_decay needs --optimizer adamw")
+    else:
+        optimizer = nn.Adam(groups, learning_rate=ms.Tensor(updates))
+    # label smoothing is folded into Mixup's soft targets
+    loss_fn = SoftTargetCrossEntropy() if soft_targets else LabelSmoothingCrossEntropy(args.label_smoothing)
+    ema = ModelEMA(net.trainable_params(), args.ema_decay) if args.ema_decay else None
+    scaler = amp.loss_scale_manager(run.amp_level, args.amp_dtype)
+    train_step = TrainStep(nn.WithLossCell(amp.apply(net, run.amp_level, args.amp_dtype), loss_fn), optimizer,
+                           scaler.get_update_cell() if scaler else None, args.clip_grad, args.accumulation_steps, ema)
+    return train_step, ema, per_step
+
+
+def training_state(train_step, net):
+    """What a resumable checkpoint holds besides the network: optimizer moments and step count, EMA, accumulated
+    gradients (not the schedule, rebuilt; not the run's statistics)."""
+    network = {p.name for p in net.get_parameters()}
+    return [p for p in train_step.get_parameters()
+            if p.name not in network and p.name not in ("learning_rate", "step_stats")]
+
+
+def restore_state(state, params) -> None:
+    """A resumed run's training state, by exact name (``load_param_into_net`` matches names loosely: it wrote Adam's
+    moments into the weights)."""
+    for param in state:
+        if param.name in params:
+            param.set_data(ms.Tensor(params[param.name], param.dtype))
+
+
+def sinking(args, run, steps: int, done_steps: int):
+    """``(sink size, whether MindSpore's sink loop runs)``: on Ascend/GPU in graph mode the dataset is sunk
+    ``--sink_size`` steps at a time (default: the progress interval); on CPU step by step unless ``--sink_size`` > 1,
+    which replays the device's cadence (``ms_vit.sink``)."""
+    on_device = run.target != "CPU" and args.mode == "graph"
+    requested = args.sink_size or (progress_interval(args, steps) if on_device else 1)
+    size = sink.choose_sink_size(requested, steps, done_steps)
+    return size, (on_device or size > 1) and args.mode == "graph"
+
+
+def progress_interval(args, steps: int) -> int:
+    return min(args.log_interval, max(1, steps // 4))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run = start(args)
+    splits = check_splits(args, run)
+    resume_path, resume_params, resume_meta = resume = find_resume(args, run)
+    net = build_network(args, run, splits, resume)
+    config = net.config
+    datasets = build_datasets(args, run, splits, config)
+    steps = datasets.steps
+    if run.writer:
+        run.folder.open()                      # another run's: an error before any work
+    start_epoch, start_step = (resume_position(resume_params, resume_meta, steps, resume_path) if resume_path
+                               else (0, 0))
     done_steps = start_epoch * steps + start_step
     if start_epoch >= args.epoch_size:
         raise ValueError(f"{resume_path} already finished epoch {start_epoch} of --epoch_size {args.epoch_size}")
     if done_steps:
-        train_ds.set_init_step(done_steps)      # MindSpore's pipeline recovery: the data order of the same step
-    train_step, ema, lrs = build_train_step(args, net, steps, global_batch, amp_level, writer, mixup is not None)
-    network = {p.name for p in net.get_parameters()}
-    state = [p for p in train_step.get_parameters() if p.name not in network and p.name != "learning_rate"]
-    if resume_params:
-        # optimizer moments and step count, EMA, accumulated gradients, by exact name (load_param_into_net matches
-        # names loosely: it wrote Adam's moments into the weights); the schedule itself is rebuilt
-        for param in state:
-            if param.name in resume_params:
-                param.set_data(ms.Tensor(resume_params[param.name], param.dtype))
-    model = Model(train_step)
-
-    if writer:
+        datasets.train.set_init_step(done_steps)     # MindSpore's pipeline recovery: the data order of the same step
+    train_step, ema, lrs = build_train_step(args, net, steps, datasets.global_batch, run, datasets.soft_targets)
+    state = training_state(train_step, net)
+    restore_state(state, resume_params)
+    if run.writer:
         write_config(args, os.path.join(args.ckpt_save_dir, "config.yaml"))
-    meta = {"config": config.to_dict(), "classes": classes, "class_names": names,
+    meta = {"config": config.to_dict(), "classes": splits.classes, "class_names": splits.names,
             "train_config": {k: v for k, v in vars(args).items() if k != "config"}}
-    loss_scaling = train_step.loss_scaling
-    guard = RunGuard(steps, lrs, done_steps, loss_scaling, across_ranks=group_size > 1)
+    sink_size, sink_loop = sinking(args, run, steps, done_steps)
+    history = RunHistory(args.ckpt_save_dir, start_epoch, done_steps)
+    progress = Progress(steps, args.epoch_size, datasets.global_batch, lrs, progress_interval(args, steps),
+                        run.writer, history=history.train)
+    keep_best = EvaluateAndKeepBest(net, datasets.val, history, steps, meta, run.folder, run.writer,
+                                    across_ranks=run.distributed, ema=ema)
+    guard = RunGuard(train_step, steps, lrs, done_steps, look_every=sink_size, across_ranks=run.distributed,
+                     on_look=[progress.update])
 
     def save_position() -> str:
         """The resumable checkpoint of where the run stands: vit-<epoch>_<steps done in it>.ckpt."""
@@ -355,50 +437,71 @@ def main(argv=None):
         require_finite(net, f"after epoch {epoch} step {step}")
         position = dict(meta, epoch=epoch, global_step=guard.done_steps, steps_per_epoch=steps)
         complete = epoch if step == steps else epoch - 1
-        return folder.save(f"vit-{epoch}_{step}.ckpt", lambda path: checkpoint.save(
+        return run.folder.save(f"vit-{epoch}_{step}.ckpt", lambda path: checkpoint.save(
             net, path, meta=position, extra_params=state,
             extra_values={"epoch_num": complete, "step_num": guard.done_steps}))
 
-    history = RunHistory(args.ckpt_save_dir, start_epoch, done_steps)
-    keep_best = EvaluateAndKeepBest(net, val_ds, history, steps, meta, folder, guard, writer,
-                                    across_ranks=group_size > 1, ema=ema)
-    progress = Progress(steps, args.epoch_size, global_batch, lrs, min(args.log_interval, max(1, steps // 4)),
-                        writer, across_ranks=group_size > 1, history=history.train, done_steps=done_steps,
-                        loss_scaling=loss_scaling)
-    callbacks = [guard, progress, keep_best]
-    if writer:
-        callbacks.insert(2, SaveEachEpoch(save_position, guard))
+    if run.writer:
+        guard.on_epoch_end.append(lambda epoch: save_position())
+    guard.on_epoch_end += [keep_best, progress.restart_window]
+    if run.writer:
         where = f" (from step {start_step + 1} of epoch {start_epoch + 1})" if start_step else ""
+        amp_text = f"AMP {run.amp_level}" + (f" {args.amp_dtype}" if run.amp_level != "O0" else "")
+        sink_text = f", sinks of {sink_size} steps" if sink_loop else ""
         print(f"training {checkpoint.describe(config)} ({sum(p.size for p in net.trainable_params()):,} parameters) "
-              f"on {target}, AMP {amp_level}, {args.mode} mode: {num_train} train / {num_val} val images, "
-              f"{steps} steps of {batches} per epoch, epochs {start_epoch + 1}..{args.epoch_size}{where}", flush=True)
-    # dataset sinking replays whole epochs: a run resumed in the middle of one feeds it step by step
-    sink = target != "CPU" and not start_step
+              f"on {run.target}, {amp_text}, {args.mode} mode: {splits.num_train} train / {splits.num_val} val images, "
+              f"{steps} steps of {datasets.batches} per epoch{sink_text}, epochs {start_epoch + 1}..{args.epoch_size}"
+              f"{where}", flush=True)
+    train(args, run, train_step, datasets.train, guard, sink_size, sink_loop, start_epoch, done_steps, steps)
+    return outcome(args, run, guard, history, progress, save_position, start_epoch, steps)
+
+
+def train(args, run, train_step, train_ds, guard, sink_size, sink_loop, start_epoch, done_steps, steps):
+    """``Model.train``: step by step (an epoch per MindSpore epoch), or in sinks of ``sink_size`` steps (a sink per
+    MindSpore "epoch"); a failing pipeline or device becomes one line naming the intact checkpoints."""
     try:
-        model.train(args.epoch_size, train_ds, callbacks=callbacks, dataset_sink_mode=sink,
-                    initial_epoch=start_epoch)
+        if sink_loop:
+            model = (sink.SinkReplayModel if run.target == "CPU" else Model)(train_step)
+            remaining = args.epoch_size * steps - done_steps
+            model.train(remaining // sink_size, train_ds, callbacks=[guard], dataset_sink_mode=True,
+                        sink_size=sink_size)
+        else:
+            Model(train_step).train(args.epoch_size, train_ds, callbacks=[guard], dataset_sink_mode=False,
+                                    initial_epoch=start_epoch)
     except RuntimeError as exc:                  # the data pipeline or the device failed mid-run
-        newest = folder.newest() if writer else "none yet"
+        newest = run.folder.newest() if run.writer else "none yet"
         epoch, step = guard.position()
         detail = next((line.strip() for line in str(exc).splitlines() if "file" in line.lower()),
                       str(exc).splitlines()[0])
         raise RunStopped(f"training failed after epoch {epoch} step {step}: {detail}; the checkpoints written "
                          f"before are intact (newest: {newest}): fix the cause, then continue with --resume auto") \
             from None
+
+
+def outcome(args, run, guard, history, progress, save_position, start_epoch, steps) -> int:
+    """What the run ended with: an error line (non-finite loss, overflowing float16), a resumable checkpoint (a
+    signal), or the best epoch."""
     epoch, step = guard.position()
     if guard.stop == "nonfinite":
-        newest = folder.newest()
-        raise RunStopped(f"the loss is {guard.loss} at epoch {epoch} step {step}/{steps} (learning rate "
-                         f"{guard.learning_rate():.3g}): training stopped, these weights are not saved; the last good "
-                         f"checkpoint is {newest}. Try a lower --lr, a longer --warmup_epochs or --clip_grad 1.0")
+        bad_epoch, bad_step = guard.position(guard.bad_step)
+        raise RunStopped(f"the loss is {guard.loss} at epoch {bad_epoch} step {bad_step}/{steps} (learning rate "
+                         f"{guard.learning_rate(guard.bad_step):.3g}): training stopped, these weights are not saved; "
+                         f"the last good checkpoint is {run.folder.newest()}. Try a lower --lr, a longer "
+                         "--warmup_epochs or --clip_grad 1.0")
+    if guard.stop == "overflow":
+        raise RunStopped(f"{MAX_OVERFLOWS_IN_A_ROW} steps in a row overflowed in float16 up to epoch {epoch} step "
+                         f"{step}/{steps}, the last ones at the smallest loss scale: the gradients are not finite even "
+                         f"unscaled. Training stopped, these weights are not saved; the last good checkpoint is "
+                         f"{run.folder.newest()}. Try a lower --lr, --clip_grad 1.0, --amp_dtype bfloat16 or "
+                         "--amp_level O0")
     if guard.stop == "signal":
-        if writer:
+        if run.writer:
             path = save_position()
-            folder.write("the run's history", history.save)
+            run.folder.write("the run's history", history.save)
             print(f"interrupted by SIGINT/SIGTERM after epoch {epoch} step {step}/{steps}: resumable checkpoint "
                   f"{path}; continue with the same command and --resume auto", file=sys.stderr, flush=True)
         return 128 + guard.signum
-    if not writer:
+    if not run.writer:
         return 0
     best = history.best()
     print(f"trained epochs {start_epoch + 1}..{args.epoch_size} in {format_duration(progress.elapsed())}; "
@@ -406,6 +509,7 @@ def main(argv=None):
           f"{os.path.join(args.ckpt_save_dir, 'best.ckpt')}\n"
           f"curves: {os.path.join(args.ckpt_save_dir, 'curves.png')}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

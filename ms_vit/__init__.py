@@ -1,8 +1,4 @@
 """ms_vit: the Vision Transformer in MindSpore, for Ascend NPUs, GPUs and CPUs."""
-import os
-
-os.environ.setdefault("GLOG_v", "3")    # before MindSpore loads: its C++ warnings (missing Ascend libraries) off
-
 from .checkpoint import CheckpointError
 from .factory import create_model
 from .vit import (ViT, ViTConfig, VARIANTS, Attention, FeedForward, ResidualCell, TransformerEncoder,

@@ -27,8 +27,8 @@ _WEIGHT_FIELDS = ("gelu_approximate", "layer_norm_eps", "mean", "std", "crop_pct
 
 
 def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, image_size: Optional[int] = None,
-                 checkpoint_path: Optional[str] = None, fused_kernels: Optional[bool] = None, ema: bool = False,
-                 **overrides) -> ViT:
+                 checkpoint_path: Optional[str] = None, fused_kernels: Optional[bool] = None,
+                 device_kernels: bool = False, ema: bool = False, **overrides) -> ViT:
     """Build a ViT variant and optionally load a checkpoint into it.
 
     Args:
@@ -42,6 +42,7 @@ def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, 
         checkpoint_path: a ``.ckpt`` to load; every parameter must fit (see ``checkpoint.load_into``).
         fused_kernels: run on the fused CPU kernels (faster, same numbers); default: on CPU when they can be built
             here; ``False``: MindSpore's operators only (what exports need). See ``ms_vit.layers``.
+        device_kernels: Ascend's fused operators (FlashAttention, one-operator GELU); opt-in, refused elsewhere.
         ema: load the checkpoint's exponential moving average of the weights (``ema.*``, written by train.py
             with ``--ema_decay``) instead of the trained weights.
         **overrides: any other ``ViTConfig`` field (``patch_size``, ``depth``, ``drop_path_rate``,
@@ -53,12 +54,13 @@ def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, 
     params, meta = checkpoint.read(checkpoint_path) if checkpoint_path else ({}, {})
     if ema:
         params = checkpoint.ema_params(params, checkpoint_path)
-    return build_model(name, params, meta, checkpoint_path, num_classes, image_size, fused_kernels, **overrides)
+    return build_model(name, params, meta, checkpoint_path, num_classes, image_size, fused_kernels, device_kernels,
+                       **overrides)
 
 
 def build_model(name: Optional[str], params: dict, meta: dict, source: Optional[str] = None,
                 num_classes: Optional[int] = None, image_size: Optional[int] = None,
-                fused_kernels: Optional[bool] = None, **overrides) -> ViT:
+                fused_kernels: Optional[bool] = None, device_kernels: bool = False, **overrides) -> ViT:
     """``create_model`` for a checkpoint already read with ``checkpoint.read`` (``params`` may be empty):
     for callers that need the file's other entries too, such as train.py's optimizer state."""
     saved = ViTConfig.from_dict(meta["config"]) if "config" in meta else None
@@ -79,7 +81,7 @@ def build_model(name: Optional[str], params: dict, meta: dict, source: Optional[
     # a checkpoint that fills every weight (the head included): no random initialisation to overwrite
     fills_all = "dense.weight" in params and params["dense.weight"].shape[0] == config.num_classes
     with _no_init_parameters() if fills_all else contextlib.nullcontext():
-        net = ViT(config, fused_kernels, init_weights=not fills_all)
+        net = ViT(config, fused_kernels, device_kernels, init_weights=not fills_all)
     if params:
         checkpoint.load_into(net, params, source=source or "checkpoint")
     net.checkpoint_meta = meta

@@ -1,16 +1,21 @@
 """The ViT's building blocks whose implementation depends on the backend, in one place, so that ``vit.py`` reads
 as the model's math.
 
-Each block computes the same function with the same parameters in two ways:
+Each block computes the same function with the same parameters in up to three ways (``kernels``):
 
-* MindSpore's operators: every device, and what exports (MINDIR, ONNX) are built from;
-* on CPU, the fused kernels of ``ms_vit.kernels`` (AOT custom ops compiled with g++; see there for what each
-  replaces and why): faster and lighter, same numbers (``tests/test_kernels.py``).
+* ``OPS``, MindSpore's operators: every device, and what exports (MINDIR, ONNX) are built from;
+* ``CPU_FUSED``, on CPU, the fused kernels of ``ms_vit.kernels`` (AOT custom ops compiled with g++; see there for
+  what each replaces and why): faster and lighter, same numbers (``tests/test_kernels.py``);
+* ``DEVICE``, on Ascend, the device's fused operators: FlashAttention (``ops.flash_attention_score``, Ascend 910B
+  and later, float16/bfloat16 inputs) for the attention and ``ops.gelu`` (one GeLU kernel) for the exact GELU.
+  Opt-in: this machine has no Ascend, so they are not run on hardware here; what can be checked on CPU is (the
+  one-operator GELU's numbers, FlashAttention's argument layout against its documented formula, the refusal).
 
-``use_fused_kernels(choice)`` turns ``create_model(fused_kernels=...)`` into the decision: ``None`` (default) uses
-them on CPU when they can be built here, ``False`` never, ``True`` requires them. The kernels compute in float32:
-under AMP (O1-O3, which casts every operator's inputs to float16) build the model with ``fused_kernels=False``, as
-train.py does.
+``choose_kernels(fused_kernels, device_kernels)`` turns ``create_model``'s switches into the choice:
+``fused_kernels=None`` (default) uses the CPU kernels on CPU when they can be built here, ``False`` never, ``True``
+requires them; ``device_kernels=True`` requires Ascend. The CPU kernels compute in float32: under AMP (O1-O3) build
+the model with ``fused_kernels=False``, as train.py does. The attention maps (``Attention.attention_weights``) are
+always computed unfused.
 """
 from typing import Optional
 
@@ -20,18 +25,26 @@ from mindspore import nn, ops
 from . import kernels
 
 
-def use_fused_kernels(choice: Optional[bool] = None) -> bool:
-    """Whether a model built now runs on the fused CPU kernels (see the module docstring)."""
-    if choice is False:
-        return False
-    on_cpu = ms.get_context("device_target") == "CPU"
-    if choice and not on_cpu:
+OPS, CPU_FUSED, DEVICE = "ops", "cpu_fused", "device"
+
+
+def choose_kernels(fused_kernels: Optional[bool] = None, device_kernels: bool = False) -> str:
+    """What a model built now runs on (see the module docstring)."""
+    target = ms.get_context("device_target")
+    if device_kernels:
+        if target != "Ascend":
+            raise ValueError(f"device_kernels=True (--device_kernels): FlashAttention and the one-operator GELU run "
+                             f"on Ascend only, not on {target}")
+        return DEVICE
+    if fused_kernels is False:
+        return OPS
+    if fused_kernels and target != "CPU":
         raise ValueError("fused_kernels=True: the fused kernels run on CPU only")
-    available = on_cpu and kernels.compiled_library() is not None
-    if choice and not available:
+    available = target == "CPU" and kernels.compiled_library() is not None
+    if fused_kernels and not available:
         raise ValueError("fused_kernels=True: the fused CPU kernels cannot be built here (a C++ compiler, a writable "
                          "MS_VIT_CACHE and MS_VIT_FUSED_KERNELS unset are needed)")
-    return available
+    return CPU_FUSED if available else OPS
 
 
 class LayerNorm(nn.LayerNorm):
@@ -68,6 +81,18 @@ class Linear(nn.Cell):
         return self.matmul(x, weight.astype(x.dtype)) + bias.astype(x.dtype)
 
 
+class BatchMatMul(nn.Cell):
+    """``ops.BatchMatMul`` as a cell, so that the AMP levels (``ms_vit.amp``) can choose its precision as a Dense
+    layer's. ``a (..., N, K) @ b (..., K, M)`` (``transpose_b``: ``b (..., M, K)``)."""
+
+    def __init__(self, transpose_b: bool = False):
+        super().__init__()
+        self.matmul = ops.BatchMatMul(transpose_b=transpose_b)
+
+    def construct(self, a, b):
+        return self.matmul(a, b)
+
+
 class Dense(nn.Dense):
     """``nn.Dense`` (same parameters); fused: ``Linear`` on the fused kernels."""
 
@@ -84,16 +109,19 @@ class Dense(nn.Dense):
 
 
 class GELU(nn.Cell):
-    """GELU: exact ``0.5 x (1 + erf(x / sqrt 2))`` or the tanh approximation; fused: the exact one in one kernel.
+    """GELU: exact ``0.5 x (1 + erf(x / sqrt 2))`` or the tanh approximation; fused: the exact one in one CPU kernel;
+    ``one_op`` (``DEVICE`` kernels): the exact one as MindSpore's single GeLU operator (``ops.gelu``; one kernel on
+    Ascend; on CPU within 3e-7 of the erf form, ``tests/test_device_path.py``).
 
     ``onnx_compatible = True`` (set by ``export.py``) computes the exact GELU from operators that ONNX exporters
     support (no Erf): ``x * Phi(x)`` with ``erfc`` from Numerical Recipes' Chebyshev fit (relative error < 1.2e-7),
     equal to the erf GELU within 1e-6 (``tests/test_export.py``)."""
 
-    def __init__(self, approximate: bool = False, fused: bool = False):
+    def __init__(self, approximate: bool = False, fused: bool = False, one_op: bool = False):
         super().__init__()
         self.approximate = approximate
         self.fused = fused and not approximate
+        self.one_op = one_op and not approximate
         self.kernel = kernels.gelu_erf_op() if self.fused else None
         self.onnx_compatible = False
         self.div = ops.Div()               # a / b, not a * (1 / b): ONNX export has no Reciprocal
@@ -103,6 +131,8 @@ class GELU(nn.Cell):
             return 0.5 * x * (1.0 + ops.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
         if self.fused:
             return self.kernel(x.astype(ms.float32)).astype(x.dtype)
+        if self.one_op:
+            return ops.gelu(x, approximate="none")
         if self.onnx_compatible:
             return x * self.normal_cdf(x)
         return 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476))
@@ -129,6 +159,24 @@ class Softmax(nn.Cell):
 
     def construct(self, x):
         return self.kernel(x) if self.fused else ops.softmax(x, axis=-1)
+
+
+class FlashAttention(nn.Cell):
+    """``softmax(q k^T) v`` in one fused kernel: ``ops.flash_attention_score`` (Ascend 910B and later; float16 or
+    bfloat16; head dim a multiple of 16, as every ViT variant's 64 or 80). q, k, v come from ``SplitHeads`` in the
+    (B, H, N, d) layout that the operator calls "BNSD", q already scaled by d ** -0.5 (so ``scalar_value`` 1).
+
+    Inputs: q, k, v (B, H, N, d). Outputs: (B, H, N, d).
+    """
+
+    def __init__(self, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        # the operator; tests/test_device_path.py puts its documented formula here to check the arguments on CPU
+        self.attention_op = ops.flash_attention_score
+
+    def construct(self, q, k, v):
+        return self.attention_op(q, k, v, self.num_heads, keep_prob=1.0, scalar_value=1.0, input_layout="BNSD")
 
 
 class SplitHeads(nn.Cell):

@@ -1,20 +1,29 @@
-"""One training step: forward, backward, loss scaling, gradient reduction over the data-parallel ranks, gradient
-accumulation, clipping by global norm, the optimizer, and the EMA of the weights.
+"""One training step: forward, backward, loss scaling, gradient accumulation, gradient reduction over the
+data-parallel ranks, clipping by global norm, the optimizer, the EMA of the weights, and the run's statistics.
 
 ``TrainStep`` is ``nn.TrainOneStepWithLossScaleCell`` (MindSpore's own loss scaling and overflow check, which
-``mindspore.train.Model`` builds for AMP) with three additions that DeiT's recipe needs:
+``mindspore.train.Model`` builds for AMP) with what DeiT's recipe and a device run need:
 
 * ``accumulation_steps`` = k: k calls of batch B make one optimizer step with the mean of their gradients, the
-  update of one batch of k x B (the learning-rate schedule counts optimizer steps);
-* ``clip_grad_norm``: the gradient (after accumulation) is scaled by ``min(1, max_norm / ||g||_2)``, ``||g||`` over
-  all parameters together (``ops.clip_by_global_norm``, as ``torch.nn.utils.clip_grad_norm_``);
-* ``ema``: after each optimizer step ``ema = decay * ema + (1 - decay) * weights`` (timm's ``ModelEmaV2``).
+  update of one batch of k x B. Micro-batch gradients accumulate locally; under data parallelism they are reduced
+  over the ranks once per optimizer step (as mindcv's and MindSpore's own accumulation), not once per micro-batch;
+* ``clip_grad_norm``: the gradient (after accumulation and reduction) is scaled by ``min(1, max_norm / ||g||_2)``,
+  ``||g||`` over all parameters together (``ops.clip_by_global_norm``, as ``torch.nn.utils.clip_grad_norm_``);
+* ``ema``: after each optimizer step ``ema = decay * ema + (1 - decay) * weights`` (timm's ``ModelEmaV2``);
+* ``stats``: the run's statistics, updated on the device at every step (``STATS``): the loss sum, the steps, the
+  steps skipped for overflow, the first non-finite loss, the overflowing steps in a row. The host reads them with
+  ``take_stats()`` only when it looks at the run (every sink on Ascend/GPU: ``ms_vit.guard``), so no step waits
+  for a read-back, and a dataset sink of N steps reports on all N, not only its last.
+
+Under loss scaling the overflow status is cleared before the backward pass (``start_overflow_check``: Ascend 910A
+and 910B in saturation mode read a status register; elsewhere a no-op), as mindcv's TrainStep does.
 
 Outputs: ``(loss, overflow, loss_scale)`` as MindSpore's cell, so ``Model`` and its callbacks work unchanged
 (``overflow`` is False without loss scaling).
 """
 from typing import Optional
 
+import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
 from mindspore.nn.wrap.loss_scale import _grad_scale
@@ -55,14 +64,22 @@ class ModelEMA(nn.Cell):
         return self.hyper_map(ops.partial(_ema_update, self.decay), self.averages, self.weights)
 
 
+# The run's statistics since the host last read them (``TrainStep.stats``), by index: the sum of the losses, the
+# steps, the steps skipped for overflow, the first step (1-based) with a non-finite loss and that loss. Two are not
+# reset by a read: ``in_a_row``, the overflowing steps since the last step that was not skipped, and ``loss_scale``,
+# the loss scale after the last step.
+STATS = ("loss_sum", "steps", "skipped", "first_nonfinite", "nonfinite_loss", "in_a_row", "loss_scale")
+_KEPT_ON_READ = ("in_a_row", "loss_scale")
+
+
 class TrainStep(nn.TrainOneStepWithLossScaleCell):
     """One training step (see the module docstring).
 
     Args:
         network: the network with its loss, ``(images, labels) -> loss``.
         optimizer: updates ``network``'s trainable parameters.
-        scale_sense: a ``nn.DynamicLossScaleUpdateCell`` (AMP O2) or a fixed scale; default: none (float32: no
-            scaling, no overflow check, the graph of ``nn.TrainOneStepCell``).
+        scale_sense: a ``nn.DynamicLossScaleUpdateCell`` (AMP with float16) or a fixed scale; default: none (float32
+            and bfloat16: no scaling, no overflow check, the graph of ``nn.TrainOneStepCell``).
         clip_grad_norm: the largest global gradient norm (0: no clipping).
         accumulation_steps: batches per optimizer step.
         ema: a ``ModelEMA`` of the network's parameters, updated after each optimizer step, or None.
@@ -78,6 +95,9 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
         self.accumulation_steps = accumulation_steps
         self.ema = ema
         self.cpu_target = ms.get_context("device_target") == "CPU"
+        initial = np.zeros(len(STATS), np.float32)
+        initial[STATS.index("loss_scale")] = float(self.scale_sense.asnumpy().reshape(-1)[0])
+        self.stats = Parameter(Tensor(initial), name="step_stats", requires_grad=False)
         if accumulation_steps > 1:
             self.accumulated = self.weights.clone(prefix="accumulated", init="zeros")
             self.micro_step = Parameter(Tensor(0, ms.int32), name="micro_step", requires_grad=False)
@@ -103,22 +123,44 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
             result = ops.depend(result, self.ema.update())
         return result
 
+    def record(self, loss, overflow, loss_scale):
+        """Add this step to ``stats`` (on the device)."""
+        s = self.stats
+        loss = loss.astype(ms.float32)
+        steps = s[1] + 1.0
+        first_bad = ops.logical_and(s[3] == 0.0, ops.logical_not(ops.isfinite(loss)))
+        skipped = overflow.astype(ms.float32)
+        return ops.assign(s, ops.stack([
+            s[0] + loss, steps, s[2] + skipped, ops.select(first_bad, steps, s[3]), ops.select(first_bad, loss, s[4]),
+            (s[5] + 1.0) * skipped, loss_scale.astype(ms.float32).reshape(())]))
+
+    def take_stats(self) -> dict:
+        """The statistics since the last call (host side: one read-back), then reset on the device."""
+        values = self.stats.asnumpy()
+        kept = np.array([values[i] if name in _KEPT_ON_READ else 0.0 for i, name in enumerate(STATS)], np.float32)
+        self.stats.set_data(Tensor(kept))
+        return {name: float(value) for name, value in zip(STATS, values)}
+
     def construct(self, *inputs):
         loss = self.network(*inputs)
         scaling_sens = self.scale_sense
-        if self.loss_scaling:                     # AMP: scaled gradients, skipped steps on overflow
-            status = Tensor([0] * 8, ms.int32)
+        accumulating = self.accumulation_steps > 1
+        if self.loss_scaling:                     # float16 AMP: scaled gradients, skipped steps on overflow
+            status, scaling_sens = self.start_overflow_check(loss, scaling_sens)
             scaling_sens_filled = ops.ones_like(loss) * ops.cast(scaling_sens, ops.dtype(loss))
             grads = self.grad(self.network, self.weights)(*inputs, scaling_sens_filled)
             grads = self.hyper_map(ops.partial(_grad_scale, scaling_sens), grads)
-            grads = self.grad_reducer(grads)
-            cond = self.get_overflow_status(status, grads)
+            if not accumulating:                  # accumulated gradients are reduced once, when applied
+                grads = self.grad_reducer(grads)
+            cond = self.get_overflow_status(status, grads)       # agreed by every rank
             overflow = self.process_loss_scale(cond)
         else:                                     # float32: the graph of MindSpore's TrainOneStepCell
             grads = self.grad(self.network, self.weights)(*inputs, ops.ones_like(loss))
-            grads = self.grad_reducer(grads)
-            cond = overflow = False
-        if self.accumulation_steps == 1:
+            if not accumulating:
+                grads = self.grad_reducer(grads)
+            cond = overflow = ops.zeros((), ms.bool_)
+        loss = ops.depend(loss, self.record(loss, cond, ops.depend(self.scale_sense, overflow)))
+        if not accumulating:
             if self.loss_scaling:
                 if not overflow:
                     loss = ops.depend(loss, self.apply(grads))
@@ -130,7 +172,8 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
                                                    self.accumulated, grads))
         loss = ops.depend(loss, ops.assign_add(self.micro_step, Tensor(1, ms.int32)))
         if self.micro_step % self.accumulation_steps == 0:
-            loss = ops.depend(loss, self.apply(self.accumulated))
+            accumulated = self.grad_reducer(self.accumulated) if self.reducer_flag else self.accumulated
+            loss = ops.depend(loss, self.apply(accumulated))
             loss = ops.depend(loss, self.hyper_map(ops.partial(_zero), self.accumulated))
         return loss, cond, scaling_sens
 

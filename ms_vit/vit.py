@@ -31,7 +31,8 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter
 from mindspore.common.initializer import initializer, Normal, TruncatedNormal, Uniform, XavierUniform, Zero
 
-from .layers import GELU, Dense, LayerNorm, Linear, MergeHeads, Patchify, Softmax, SplitHeads, use_fused_kernels
+from .layers import (CPU_FUSED, DEVICE, GELU, OPS, BatchMatMul, Dense, FlashAttention, LayerNorm, Linear, MergeHeads,
+                     Patchify, Softmax, SplitHeads, choose_kernels)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -131,24 +132,27 @@ class Attention(nn.Cell):
         num_heads: number of heads H; head dim d = D / H, scores scaled by d ** -0.5.
         attn_drop: dropout on the attention weights.
         proj_drop: dropout after the output projection.
-        fused_kernels: run on ``ms_vit.layers``' fused CPU kernels.
+        kernels: what the layers run on (``ms_vit.layers``): MindSpore's operators, the fused CPU kernels, or the
+            device's (FlashAttention on Ascend, for float16/bfloat16 inputs without attention dropout).
 
     Inputs: x (B, N, D). Outputs: (B, N, D).
     """
 
     def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 fused_kernels: bool = False):
+                 kernels: str = OPS):
         super().__init__()
+        fused = kernels == CPU_FUSED
         self.num_heads = num_heads
-        self.qkv = Dense(dim, dim * 3, fused_kernels)
-        self.split_heads = SplitHeads(num_heads, dim // num_heads, fused_kernels)
-        self.q_kt = ops.BatchMatMul(transpose_b=True)
-        self.softmax = Softmax(fused_kernels)
+        self.qkv = Dense(dim, dim * 3, fused)
+        self.split_heads = SplitHeads(num_heads, dim // num_heads, fused)
+        self.q_kt = BatchMatMul(transpose_b=True)
+        self.softmax = Softmax(fused)
         self.attn_drop = nn.Dropout(p=attn_drop)
-        self.attn_v = ops.BatchMatMul()          # its gradient uses transposed matmuls, no Transpose ops
-        self.merge_heads = MergeHeads(fused_kernels)
-        self.out = Dense(dim, dim, fused_kernels)
+        self.attn_v = BatchMatMul()              # its gradient uses transposed matmuls, no Transpose ops
+        self.merge_heads = MergeHeads(fused)
+        self.out = Dense(dim, dim, fused)
         self.out_drop = nn.Dropout(p=proj_drop)
+        self.flash = FlashAttention(num_heads) if kernels == DEVICE and attn_drop == 0 else None
 
     def attention_weights(self, x):
         """(B, N, D) -> softmax(q k^T / sqrt d), (B, H, N, N) float32, computed in float32 so that float16
@@ -158,9 +162,12 @@ class Attention(nn.Cell):
 
     def construct(self, x):
         q, k, v = self.split_heads(self.qkv(x))                      # 3 x (B, H, N, d), q scaled
-        attn = self.softmax(self.q_kt(q, k).astype(ms.float32))      # (B, H, N, N), float32
-        attn = self.attn_drop(attn.astype(x.dtype))
-        x = self.attn_v(attn, v)                                     # (B, H, N, d)
+        if self.flash is not None and q.dtype != ms.float32:
+            x = self.flash(q, k, v)                                  # (B, H, N, d), one fused kernel
+        else:
+            attn = self.softmax(self.q_kt(q, k).astype(ms.float32))  # (B, H, N, N), float32
+            attn = self.attn_drop(attn.astype(x.dtype))
+            x = self.attn_v(attn, v)                                 # (B, H, N, d)
         return self.out_drop(self.out(self.merge_heads(x)))          # (B, N, D)
 
 
@@ -172,18 +179,19 @@ class FeedForward(nn.Cell):
         hidden_dim: hidden dim M.
         dropout: dropout after the activation and after the second Dense.
         gelu_approximate: tanh-approximated GELU instead of the exact (erf) one.
-        fused_kernels: run on ``ms_vit.layers``' fused CPU kernels.
+        kernels: what the layers run on (``ms_vit.layers``).
 
     Inputs: x (B, N, D). Outputs: (B, N, D).
     """
 
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, gelu_approximate: bool = False,
-                 fused_kernels: bool = False):
+                 kernels: str = OPS):
         super().__init__()
-        self.dense1 = Dense(dim, hidden_dim, fused_kernels)
-        self.gelu = GELU(gelu_approximate, fused_kernels)
+        fused = kernels == CPU_FUSED
+        self.dense1 = Dense(dim, hidden_dim, fused)
+        self.gelu = GELU(gelu_approximate, fused, one_op=kernels == DEVICE)
         self.drop1 = nn.Dropout(p=dropout)
-        self.dense2 = Dense(hidden_dim, dim, fused_kernels)
+        self.dense2 = Dense(hidden_dim, dim, fused)
         self.drop2 = nn.Dropout(p=dropout)
 
     def construct(self, x):
@@ -236,14 +244,15 @@ class Block(nn.SequentialCell):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, drop_rate: float, attn_drop_rate: float,
-                 drop_path: float, layer_norm_eps: float, gelu_approximate: bool, fused_kernels: bool):
+                 drop_path: float, layer_norm_eps: float, gelu_approximate: bool, kernels: str):
+        fused = kernels == CPU_FUSED
         super().__init__([
             ResidualCell(nn.SequentialCell([
-                LayerNorm(dim, layer_norm_eps, fused_kernels),
-                Attention(dim, num_heads, attn_drop_rate, drop_rate, fused_kernels)]), drop_path),
+                LayerNorm(dim, layer_norm_eps, fused),
+                Attention(dim, num_heads, attn_drop_rate, drop_rate, kernels)]), drop_path),
             ResidualCell(nn.SequentialCell([
-                LayerNorm(dim, layer_norm_eps, fused_kernels),
-                FeedForward(dim, mlp_dim, drop_rate, gelu_approximate, fused_kernels)]), drop_path),
+                LayerNorm(dim, layer_norm_eps, fused),
+                FeedForward(dim, mlp_dim, drop_rate, gelu_approximate, kernels)]), drop_path),
         ])
 
 
@@ -274,21 +283,21 @@ class TransformerEncoder(nn.Cell):
         drop_path_rate: stochastic depth of the last block; block i uses ``rate * i / (depth - 1)``.
         layer_norm_eps: LayerNorm epsilon.
         gelu_approximate: tanh GELU instead of exact.
-        fused_kernels: run on ``ms_vit.layers``' fused CPU kernels.
+        kernels: what the layers run on (``ms_vit.layers``).
 
     Inputs: x (B, N, D). Outputs: (B, N, D).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_dim: int, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, layer_norm_eps: float = 1e-6,
-                 gelu_approximate: bool = False, fused_kernels: bool = False):
+                 gelu_approximate: bool = False, kernels: str = OPS):
         super().__init__()
         drop_paths = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         deterministic = drop_rate == 0 and attn_drop_rate == 0 and drop_path_rate == 0
         block = ReusedBlock if deterministic else Block
         self.layers = nn.SequentialCell([
             block(dim, num_heads, mlp_dim, drop_rate, attn_drop_rate, drop_paths[i], layer_norm_eps, gelu_approximate,
-                  fused_kernels)
+                  kernels)
             for i in range(depth)
         ])
 
@@ -340,19 +349,23 @@ class ViT(nn.Cell):
 
     Args:
         config: a ``ViTConfig`` (``create_model`` builds one from a variant name).
-        fused_kernels: run on the fused CPU kernels (``ms_vit.layers.use_fused_kernels``): default on CPU when
+        fused_kernels: run on the fused CPU kernels (``ms_vit.layers.choose_kernels``): default on CPU when
             they can be built here; ``False`` for MindSpore's operators only (exports).
+        device_kernels: run on the device's fused operators (Ascend: FlashAttention, one-operator GELU); refused
+            elsewhere. Not run on hardware here (README, "Ascend and GPU").
         init_weights: draw the initial weights (``config.weight_init``); False when a checkpoint fills every
             weight (``create_model`` then also builds under ``no_init_parameters``: B/16 6.7 s -> 0.06 s).
 
     Inputs: images (B, C, S, S), normalised. Outputs: logits (B, K).
     """
 
-    def __init__(self, config: ViTConfig, fused_kernels: Optional[bool] = None, init_weights: bool = True):
+    def __init__(self, config: ViTConfig, fused_kernels: Optional[bool] = None, device_kernels: bool = False,
+                 init_weights: bool = True):
         super().__init__()
         self.config = config
         c = config
-        self.fused_kernels = fused = use_fused_kernels(fused_kernels)
+        self.kernels = kernels = choose_kernels(fused_kernels, device_kernels)
+        self.fused_kernels = fused = kernels == CPU_FUSED
         self.patch_embedding = PatchEmbedding(c.image_size, c.patch_size, c.embed_dim, c.in_channels,
                                               fused_kernels=fused)
         self.cls = Parameter(initializer(TruncatedNormal(0.02), (1, 1, c.embed_dim)), name="cls")
@@ -361,7 +374,7 @@ class ViT(nn.Cell):
         self.dropout = nn.Dropout(p=c.drop_rate)
         self.transformer = TransformerEncoder(c.embed_dim, c.depth, c.num_heads, c.mlp_dim, c.drop_rate,
                                               c.attn_drop_rate, c.drop_path_rate, c.layer_norm_eps,
-                                              c.gelu_approximate, fused)
+                                              c.gelu_approximate, kernels)
         self.norm = LayerNorm(c.embed_dim, c.layer_norm_eps, fused)
         self.dense = Dense(c.embed_dim, c.num_classes, fused)
         self.mean_pool = c.global_pool == "mean"
@@ -391,10 +404,16 @@ class ViT(nn.Cell):
             fill(conv.weight, Uniform(bound))
             fill(conv.bias, Uniform(bound))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each transformer block's activations in the backward pass instead of keeping them (MindSpore's
+        ``Cell.recompute``; timm's method of this name): the same gradients, a lower training peak, more compute."""
+        for block in self.transformer.layers:
+            block.recompute(mode=enable)
+
     def embed(self, x):
         """Images (B, C, S, S) -> tokens (B, 1 + N, D): class token and patches, with position embedding."""
         x = self.patch_embedding(x)                                  # (B, N, D)
-        cls = ops.broadcast_to(self.cls.astype(x.dtype), (x.shape[0], 1, x.shape[2]))
+        cls = ops.tile(self.cls.astype(x.dtype), (x.shape[0], 1, 1))
         x = ops.cat((cls, x), axis=1) + self.pos_embedding.astype(x.dtype)   # (B, 1 + N, D)
         return self.dropout(x)
 
