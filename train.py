@@ -462,9 +462,8 @@ def train(args, run, train_step, train_ds, guard, sink_size, sink_loop, start_ep
     try:
         if sink_loop:
             model = (sink.SinkReplayModel if run.target == "CPU" else Model)(train_step)
-            remaining = args.epoch_size * steps - done_steps
-            model.train(remaining // sink_size, train_ds, callbacks=[guard], dataset_sink_mode=True,
-                        sink_size=sink_size)
+            model.train(args.epoch_size * steps // sink_size, train_ds, callbacks=[guard], dataset_sink_mode=True,
+                        sink_size=sink_size, initial_epoch=done_steps // sink_size)
         else:
             Model(train_step).train(args.epoch_size, train_ds, callbacks=[guard], dataset_sink_mode=False,
                                     initial_epoch=start_epoch)

@@ -2,11 +2,14 @@
 
     python benchmarks/bench_vit.py                 # everything (about 20 minutes on 2 cores)
     python benchmarks/bench_vit.py --models ti16 --cases infer8 train
+    python benchmarks/bench_vit.py --cases train train_recompute --no_pipeline   # train.py --recompute's memory
 
 Every case runs in a fresh process of its own, so that peak memory (max RSS) and the first step's time
 (graph compilation) belong to that case alone. timm runs in the same invocation when torch and timm import
 (`pip install torch==2.13.0` takes the local CPU wheel; `pip install --no-deps timm==1.0.31`).
 Figures are images per second (higher is better) and the ms_vit / timm ratio (>1: ms_vit faster).
+``train_recompute`` is the training step with each block recomputed in the backward pass (ms_vit's
+``set_grad_checkpointing``, train.py ``--recompute``; timm's ``set_grad_checkpointing``).
 Shared machines drift by 10 % from minute to minute: each case runs ``--rounds`` times, ms_vit and timm
 alternating, and each framework's best round is reported (the median step of each round).
 """
@@ -23,11 +26,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODELS = {"b16": ("vit_b_16_224", "vit_base_patch16_224"), "ti16": ("vit_ti_16_224", "vit_tiny_patch16_224")}
 TRAIN_BATCH = {"b16": 8, "ti16": 32}
-CASES = ("infer1", "infer8", "train")
+CASES = ("infer1", "infer8", "train", "train_recompute")
 
 
 def batch_of(model, case):
-    return {"infer1": 1, "infer8": 8}.get(case, TRAIN_BATCH[model])
+    return {"infer1": 1, "infer8": 8}.get(case, TRAIN_BATCH[model])         # training: both train cases
 
 
 def timed(step, warmup, repeats):
@@ -59,9 +62,10 @@ def run_mindspore(model, case, batch, repeats):
         init, grow, level = os.environ["BENCH_MEM"].split(",")
         ms.runtime.set_memory(init_size=init, increase_size=grow, optimize_level=level)
     net = create_model(MODELS[model][0])
+    net.set_grad_checkpointing(case == "train_recompute")
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.standard_normal((batch, 3, 224, 224)).astype(np.float32))
-    if case == "train":
+    if case.startswith("train"):
         labels = ms.Tensor(rng.integers(0, 1000, batch).astype(np.int32))
         step_cell = TrainStep(nn.WithLossCell(net, LabelSmoothingCrossEntropy(0.1)),      # train.py's step
                               AdamW(net.trainable_params(), learning_rate=1e-4, weight_decay=0.05))
@@ -74,7 +78,7 @@ def run_mindspore(model, case, batch, repeats):
 
         def step():
             net(images).asnumpy()
-    return timed(step, warmup=1 if case == "train" else 2, repeats=repeats)
+    return timed(step, warmup=1 if case.startswith("train") else 2, repeats=repeats)
 
 
 def run_timm(model, case, batch, repeats):
@@ -84,8 +88,9 @@ def run_timm(model, case, batch, repeats):
     import torch
     import timm
     net = timm.create_model(MODELS[model][1], num_classes=1000)
+    net.set_grad_checkpointing(case == "train_recompute")
     images = torch.randn(batch, 3, 224, 224)
-    if case == "train":
+    if case.startswith("train"):
         labels = torch.randint(0, 1000, (batch,))
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.05)
@@ -101,7 +106,7 @@ def run_timm(model, case, batch, repeats):
         def step():
             with torch.inference_mode():
                 net(images)
-    return timed(step, warmup=1 if case == "train" else 2, repeats=repeats)
+    return timed(step, warmup=1 if case.startswith("train") else 2, repeats=repeats)
 
 
 def worker(args):
@@ -213,9 +218,9 @@ def main():
                     theirs.append(measure("timm", model, case, args.repeats))
             ours, theirs = best_round(ours), best_round(theirs) if with_timm else {}
             rows.append(dict(model=model, case=case, batch=batch_of(model, case), ms_vit=ours, timm=theirs))
-            label = f"{model} {case.replace('infer', 'infer b').replace('train', 'train b')}"
-            if case == "train":
-                label += str(batch_of(model, case))
+            label = f"{model} {case.replace('infer', 'infer b')}"
+            if case.startswith("train"):
+                label = f"{model} train b{batch_of(model, case)}" + (" recompute" if "recompute" in case else "")
             if "error" in ours or "error" in theirs:
                 print(f"{label:<22} error: {ours.get('error') or theirs.get('error')}")
                 continue

@@ -18,7 +18,8 @@ The loss is float32 at every level: the network's logits are cast to float32 bef
 ``mindspore.amp.auto_mixed_precision``: its O1 rewrites the network's source with ``mindspore.rewrite``, which
 fails on MindSpore's own functional operators (``TypeError ... _PyboostBroadcastToPrim``, MindSpore 2.10), and its
 O2 black list has no softmax, so the attention weights were computed in float16. ``tests/test_amp.py`` checks the
-dtypes the compiled training graph really computes with, at every level.
+dtypes of every operator in the training graph MindSpore compiles for the device, at every level. (On CPU,
+MindSpore's backend then runs some float16 operators on float32 kernels.)
 
 float16 trains with dynamic loss scaling (skipped steps on overflow; ``ms_vit.guard`` stops a run whose steps keep
 overflowing); bfloat16 has float32's range and trains without. MindSpore trains in bfloat16 on Ascend 910B and later

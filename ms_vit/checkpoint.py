@@ -315,7 +315,7 @@ def load_into(net: nn.Cell, params: Dict[str, np.ndarray], source: str = "checkp
         logger.warning(note)
     for name, value in to_load.items():
         param = net_params[name]
-        if value.dtype == ms.dtype_to_nptype(param.dtype) and value.flags.c_contiguous:
+        if value.dtype == _NP_TYPES.get(str(param.dtype)) and value.flags.c_contiguous:
             param.set_data(ms.Tensor.from_numpy(value))          # the checkpoint's buffer itself: no second copy
         else:
             param.set_data(ms.Tensor(value, dtype=param.dtype))

@@ -30,12 +30,13 @@ def _update_scaled(adam, beta1_power, beta2_power, base_lr, beta1, beta2, eps, w
                         "Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Bool")
 def _update(adam, beta1_power, beta2_power, lr, beta1, beta2, eps, weight_decay, param, moment1, moment2,
             gradient, decay_flag, optim_filter):
-    """One parameter's AdamW step: decay first (as torch), then the fused Adam update."""
+    """One parameter's AdamW step: decay first (as torch), then the fused Adam update. Returns a value that depends on
+    the update (the parallel optimizer broadcasts the weights after it)."""
     if optim_filter:
         if decay_flag:
             ops.assign(param, param * (1.0 - lr * weight_decay).astype(param.dtype))
-        adam(param, moment1, moment2, beta1_power, beta2_power, lr, beta1, beta2, eps,
-             gradient.astype(param.dtype))
+        return ops.depend(True, adam(param, moment1, moment2, beta1_power, beta2_power, lr, beta1, beta2, eps,
+                                     gradient.astype(param.dtype)))
     return True
 
 
@@ -78,10 +79,14 @@ class AdamW(nn.AdamWeightDecay):
         update = ops.partial(_adamw_update, self.adam, beta1_power, beta2_power, lr, self.beta1, self.beta2, eps_t)
         decays = weight_decay if self.is_group else (weight_decay,) * len(self._parameters)
         if self.lr_scales is None:
-            return self.hyper_map(update, decays, self._parameters, self.moments1, self.moments2, gradients,
-                                  self.decay_flags, self.optim_filter)
-        return self.hyper_map(update, decays, self.lr_scales, self._parameters, self.moments1, self.moments2,
-                              gradients, self.decay_flags, self.optim_filter)
+            result = self.hyper_map(update, decays, self._parameters, self.moments1, self.moments2, gradients,
+                                    self.decay_flags, self.optim_filter)
+        else:
+            result = self.hyper_map(update, decays, self.lr_scales, self._parameters, self.moments1, self.moments2,
+                                    gradients, self.decay_flags, self.optim_filter)
+        if self.use_parallel:               # MindSpore's parallel optimizer: each rank updated its share; share them
+            result = self.broadcast_params(result)
+        return result
 
 
 def layer_id(name: str, depth: int) -> int:

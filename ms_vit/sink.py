@@ -6,7 +6,10 @@ per call from the host (``Model._train_dataset_sink_process``): step callbacks f
 ``cb_params.cur_step_num`` jumps by N. Without a ``sink_size`` a sink is a whole epoch, and the host (progress,
 loss checks, SIGTERM) sees nothing for an epoch. train.py therefore sinks ``--sink_size`` steps at a time, a
 divisor of the steps per epoch (``choose_sink_size``) so that epochs, evaluation and checkpoints still fall on
-sink boundaries, and calls ``Model.train`` with the number of sinks as its "epochs".
+sink boundaries, and calls ``Model.train`` with sinks as its "epochs": ``epoch`` = the run's steps / N and, for a
+resumed run, ``initial_epoch`` = the steps done / N, so that MindSpore sends the data of every epoch of the run
+(``dataset_sink_num = ceil(epoch * N / dataset_size)``) and the pipeline, started at the resumed step
+(``Dataset.set_init_step``), still holds the steps left.
 
 On CPU ``Model.train`` ignores ``dataset_sink_mode`` (an INFO log) and trains step by step. ``SinkReplayModel`` runs
 MindSpore's own sink loop there instead, with only the device's data channel replaced by the host's iterator and
@@ -31,11 +34,12 @@ def choose_sink_size(requested: int, steps_per_epoch: int, done_steps: int = 0) 
 
 class _ReplayHelper:
     """The host-side stand-in for MindSpore's ``DatasetHelper`` in sink mode: each iteration of the sink loop gets
-    the next ``sink_size`` batches of one endless iterator over the dataset (which goes on from epoch to epoch)."""
+    the next ``sink_size`` batches of one iterator over the ``epoch_num`` epochs of data that MindSpore sends to the
+    device (``Model`` computes it from the sinks asked for: ``ceil(epoch * sink_size / dataset_size)``)."""
 
-    def __init__(self, dataset, sink_size: int):
+    def __init__(self, dataset, sink_size: int, epoch_num: int):
         self._sink_size = sink_size
-        self._batches = dataset.create_tuple_iterator(num_epochs=-1, do_copy=False)
+        self._batches = dataset.create_tuple_iterator(num_epochs=epoch_num, do_copy=False)
 
     def __iter__(self):
         yield [self._next() for _ in range(self._sink_size)],
@@ -90,7 +94,7 @@ class SinkReplayModel(Model):
         if not (is_train and dataset_sink_mode):
             return super()._exec_preprocess(is_train, dataset, dataset_sink_mode, sink_size, epoch_num,
                                             dataset_helper)
-        helper = dataset_helper or _ReplayHelper(dataset, sink_size)
+        helper = dataset_helper or _ReplayHelper(dataset, sink_size, epoch_num)
         self._train_network.set_train(True)
         self._backbone_is_train = True
         return helper, _ReplayLoop(self._train_network)

@@ -407,8 +407,9 @@ class ViT(nn.Cell):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each transformer block's activations in the backward pass instead of keeping them (MindSpore's
         ``Cell.recompute``; timm's method of this name): the same gradients, a lower training peak, more compute."""
-        for block in self.transformer.layers:
-            block.recompute(mode=enable)
+        if enable:                               # (MindSpore cannot turn recomputation off again)
+            for block in self.transformer.layers:
+                block.recompute()
 
     def embed(self, x):
         """Images (B, C, S, S) -> tokens (B, 1 + N, D): class token and patches, with position embedding."""

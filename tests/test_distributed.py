@@ -1,6 +1,7 @@
 """Data-parallel training under msrun on CPU: 2 real worker processes (MindSpore's TCP collectives)."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -38,11 +39,9 @@ def runs(imagenet_sample, tmp_path_factory):
                 data=imagenet_sample)
 
 
-def test_two_workers_take_the_steps_of_one_process_with_the_global_batch(runs):
+def assert_same_training(single, dist, start):
+    """Two runs' checkpoints hold the same weights and Adam moments (to float rounding), and every weight moved."""
     from ms_vit.checkpoint import network_params
-    single = checkpoint_params(str(runs["tmp"] / "single" / "vit-2_2.ckpt"))
-    dist = checkpoint_params(str(runs["tmp"] / "dist" / "vit-2_2.ckpt"))
-    start = network_params(checkpoint_params(str(runs["tmp"] / "single" / "vit-1_2.ckpt")))
     weights = network_params(single)
     assert set(weights) == set(network_params(dist)) and len(weights) == 32
     assert min(np.abs(single[k] - start[k]).mean() for k in weights) > 5e-4          # every tensor moved
@@ -60,6 +59,14 @@ def test_two_workers_take_the_steps_of_one_process_with_the_global_batch(runs):
             assert np.abs(single["adam_m." + k][dim:2 * dim]).max() < 1e-8
             a, b = np.delete(a, np.s_[dim:2 * dim]), np.delete(b, np.s_[dim:2 * dim])
         assert np.abs(a - b).max() < 5e-5, k         # Adam magnifies rounding where gradients are near zero
+
+
+def test_two_workers_take_the_steps_of_one_process_with_the_global_batch(runs):
+    from ms_vit.checkpoint import network_params
+    single = checkpoint_params(str(runs["tmp"] / "single" / "vit-2_2.ckpt"))
+    dist = checkpoint_params(str(runs["tmp"] / "dist" / "vit-2_2.ckpt"))
+    start = network_params(checkpoint_params(str(runs["tmp"] / "single" / "vit-1_2.ckpt")))
+    assert_same_training(single, dist, start)
     log = worker_log(runs["logs"], 0)
     assert "2 steps of 2 workers x 4 = global batch 8 per epoch" in log
     # the printed loss is the global batch's: the same as the single process's
@@ -118,3 +125,47 @@ def test_a_failing_worker_fails_the_launch_with_its_error(imagenet_sample, tmp_p
 def test_distribute_without_msrun_says_how_to_launch(imagenet_sample):
     result = run_script("train.py", "--distribute", "--data_dir", imagenet_sample, *TINY_ARGS)
     assert_clean_error(result, "--distribute", "msrun --worker_num=N --local_worker_num=N", "--join=True")
+
+
+@pytest.fixture(scope="module")
+def sixteen(imagenet_sample, tmp_path_factory):
+    """The photos with 16 training images: 2 steps of 8, or 4 micro-steps of 2 workers x 2."""
+    root = tmp_path_factory.mktemp("sixteen") / "data"
+    shutil.copytree(imagenet_sample, root)
+    files = sorted(str(p) for p in (root / "train").glob("*/*"))
+    for path in files[16:]:
+        os.remove(path)
+    return str(root)
+
+
+def test_accumulation_reduces_once_and_equals_the_global_batch(sixteen, tmp_path):
+    """2 workers x 2 accumulated steps of batch 2 == one process with batch 8: gradients accumulate locally and are
+    reduced over the ranks once per optimizer step; the schedule counts optimizer steps."""
+    common = ["--data_dir", sixteen, "--epoch_size", "2", *FIXED]
+    single = run_script("train.py", *common, "--batch_size", "8", "--ckpt_save_dir", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr[-3000:]
+    dist = run_msrun(["train.py", "--distribute", *common, "--batch_size", "2", "--accumulation_steps", "2",
+                      "--ckpt_save_dir", str(tmp_path / "dist")], str(tmp_path / "logs"))
+    assert dist.returncode == 0, dist.stdout[-3000:] + dist.stderr[-3000:]
+    assert "4 steps of 2 workers x 2 = global batch 4 per epoch" in worker_log(str(tmp_path / "logs"), 0)
+    from ms_vit.checkpoint import network_params
+    start = network_params(checkpoint_params(str(tmp_path / "single" / "vit-1_2.ckpt")))
+    assert_same_training(checkpoint_params(str(tmp_path / "single" / "vit-2_2.ckpt")),
+                         checkpoint_params(str(tmp_path / "dist" / "vit-2_4.ckpt")), start)
+
+
+def test_ranks_draw_their_own_masks_from_the_same_weights_and_share_one_shuffle(imagenet_sample, tmp_path):
+    """tests/distributed_probe.py under msrun, with train.py's setup: each rank its own dropout and stochastic-depth
+    masks, the same (rank 0's) weights, disjoint shards of one shuffle; AdamW under MindSpore's parallel optimizer
+    (each rank updating its share, then broadcasting) gives the weights of the unsharded AdamW on every rank."""
+    result = run_msrun([os.path.join("tests", "distributed_probe.py"), str(tmp_path), imagenet_sample],
+                       str(tmp_path / "logs"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    assert np.array_equal(ranks[0]["weights"], ranks[1]["weights"])
+    assert np.abs(ranks[0]["masks"] - ranks[1]["masks"]).max() > 1e-2            # different masks, same input
+    shards = [set(r["shard"].tolist()) for r in ranks]
+    assert len(ranks[0]["shard"]) == len(ranks[1]["shard"]) == 10 and not shards[0] & shards[1]
+    for r in ranks:
+        assert np.array_equal(r["sharded"], r["plain"])
+    assert np.array_equal(ranks[0]["sharded"], ranks[1]["sharded"])
