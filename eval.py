@@ -1,15 +1,17 @@
 """Evaluate a ViT checkpoint: top-1, top-5 and mean cross-entropy over every image of a split.
 
     python eval.py --data_dir ROOT --ckpt_path CKPT [--split val] [--output metrics.json]
+    python eval.py --data_dir ROOT --pretrained vit_b_16_224.mindvision
 
-Checkpoints written by train.py or ms_vit.convert carry their variant, image size, preprocessing and
-classes; the public vit_b_16_224.ckpt needs --model vit_b_16_224.
+Checkpoints written by train.py or ms_vit.convert carry their variant, image size, preprocessing and classes;
+pretrained weight sets (--pretrained NAME) and other layouts (the public vit_b_16_224.ckpt, timm, mindcv...) load
+with the numerics and preprocessing their publishers trained and evaluated them with.
 """
 import argparse
 import os
 import sys
 
-from ms_vit import cli, compile_cache, create_model, data, device
+from ms_vit import cli, compile_cache, data, device
 from ms_vit.evaluate import evaluate
 from ms_vit.factory import INFERENCE
 from ms_vit.history import write_json
@@ -18,9 +20,8 @@ from ms_vit.history import write_json
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", required=True, help="dataset root with <split>/<class>/<image>")
-    p.add_argument("--ckpt_path", required=True, help="checkpoint to evaluate")
+    cli.add_weights_args(p)
     p.add_argument("--split", default="val", help="folder under --data_dir (default: %(default)s)")
-    p.add_argument("--model", help="variant, for checkpoints that do not record it (e.g. vit_b_16_224)")
     p.add_argument("--image_size", type=int, help="evaluate at another size (position embedding resampled)")
     p.add_argument("--batch_size", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--use_ema", action="store_true",
@@ -35,8 +36,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     setup = device.setup(args.device_target, args.mode)
     print(device.describe(setup.device_target, setup.notes), file=sys.stderr)
-    net = create_model(args.model, image_size=args.image_size, checkpoint_path=args.ckpt_path, ema=args.use_ema,
-                       **INFERENCE)
+    net = cli.load_model(args, image_size=args.image_size, ema=args.use_ema, **INFERENCE)
     split_dir = os.path.join(args.data_dir, args.split)
     classes = (net.checkpoint_meta.get("classes")
                or data.resolve_classes(data.list_classes(split_dir), net.config.num_classes, split_dir))
@@ -46,8 +46,13 @@ def main(argv=None):
     if args.mode == "graph":           # one graph shape: evaluate pads the last batch to the first's size
         compile_cache.enable(net, batch_size)
     metrics = evaluate(net, dataset)
-    metrics.update(checkpoint=os.path.abspath(args.ckpt_path), split=args.split)
-    output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.ckpt_path)), f"eval_{args.split}.json")
+    if args.pretrained:
+        metrics.update(pretrained=args.pretrained, split=args.split)
+        output = args.output or f"eval_{args.pretrained}_{args.split}.json"
+    else:
+        metrics.update(checkpoint=os.path.abspath(args.ckpt_path), split=args.split)
+        output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.ckpt_path)),
+                                             f"eval_{args.split}.json")
     write_json(metrics, output)
     print(f"{args.split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  loss {metrics['loss']:.4f}  "
           f"({metrics['num_images']} images)\nmetrics: {output}")

@@ -2,6 +2,7 @@
 image with its label drawn.
 
     python infer.py --ckpt_path CKPT|MODEL.mindir IMAGE [IMAGE ...] [--output_dir DIR] [--topk 5]
+    python infer.py --pretrained vit_b_16_224.mindvision IMAGE [IMAGE ...]
                     [--attention] [--plot]
 
 --attention writes IMAGE_attention.png: the class token's attention rollout over the image and the last block's
@@ -17,7 +18,7 @@ import sys
 
 import numpy as np
 
-from ms_vit import cli, compile_cache, create_model, data, device
+from ms_vit import cli, compile_cache, data, device
 import mindspore as ms
 from ms_vit.evaluate import softmax
 from ms_vit.factory import INFERENCE
@@ -27,9 +28,7 @@ from ms_vit.render import render_label
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--ckpt_path", required=True,
-                   help="checkpoint, or a .mindir written by export.py (with its .mindir.json)")
-    p.add_argument("--model", help="variant, for checkpoints that do not record it (e.g. vit_b_16_224)")
+    cli.add_weights_args(p, also="; or a .mindir written by export.py (with its .mindir.json)")
     p.add_argument("--topk", type=int, default=5, help="classes printed per image (default: %(default)s)")
     p.add_argument("--batch_size", type=int, default=8,
                    help="images per forward pass; the last batch is padded, so the graph compiles once "
@@ -101,13 +100,13 @@ def main(argv=None):
     mode = args.mode if args.mode != "auto" else ("pynative" if len(args.images) <= args.batch_size else "graph")
     setup = device.setup(args.device_target, mode)
     print(device.describe(setup.device_target, setup.notes), file=sys.stderr)
-    if args.ckpt_path.lower().endswith(".mindir"):
+    if args.ckpt_path and args.ckpt_path.lower().endswith(".mindir"):
         if args.attention:
             raise ValueError("--attention needs the checkpoint (an exported MINDIR returns only the logits)")
         net = ExportedModel(args.ckpt_path)
         names = net.class_names
     else:
-        net = create_model(args.model, checkpoint_path=args.ckpt_path, ema=args.use_ema, **INFERENCE)
+        net = cli.load_model(args, ema=args.use_ema, **INFERENCE)
         net.set_train(False)
         names = class_names_for(net)
     os.makedirs(args.output_dir, exist_ok=True)

@@ -25,7 +25,7 @@ import mindspore as ms
 from mindspore import nn
 from mindspore.train import Model
 
-from ms_vit import amp, checkpoint, cli, create_model, data, device, sink
+from ms_vit import amp, checkpoint, cli, create_model, data, device, sink, weights
 from ms_vit.augment import Mixup
 from ms_vit.config import parse_with_config, write_config
 from ms_vit.evaluate import evaluate
@@ -87,7 +87,10 @@ def build_parser():
     g.add_argument("--weight_init", choices=["timm", "jax"], default="timm",
                    help="initialisation from scratch: timm (timm's default, DeiT's) or jax (the ViT paper's) "
                         "(default: %(default)s)")
-    g.add_argument("--pretrained", help="checkpoint to fine-tune from (head replaced if the class count differs)")
+    g.add_argument("--pretrained", metavar="NAME|FILE",
+                   help="weights to fine-tune from (head replaced if the class count differs): a pretrained weight "
+                        "set's name (python -m ms_vit.weights lists them; downloaded and verified on first use) or a "
+                        "file in any layout ms_vit.convert knows")
     g.add_argument("--resume", help="checkpoint written by train.py to continue (weights, optimizer, position in "
                    "the run), or 'auto': the newest in --ckpt_save_dir, or a new run when there is none")
     g = p.add_argument_group("optimisation")
@@ -304,9 +307,10 @@ def build_network(args, run, splits, resume):
                           args.image_size, **options)
     else:
         overrides = {k: getattr(args, k) for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_dim")}
-        net = create_model(args.model or (None if args.pretrained else "vit_b_16_224"), num_classes=splits.num_classes,
-                           image_size=args.image_size, checkpoint_path=args.pretrained, weight_init=args.weight_init,
-                           **options, **{k: v for k, v in overrides.items() if v is not None})
+        named, path = weights.resolve(args.pretrained) if args.pretrained else (None, None)
+        net = create_model(named or args.model or (None if path else "vit_b_16_224"), pretrained=bool(named),
+                           num_classes=splits.num_classes, image_size=args.image_size, checkpoint_path=path,
+                           weight_init=args.weight_init, **options, **{k: v for k, v in overrides.items() if v is not None})
     if args.recompute:
         net.set_grad_checkpointing(True)
     if run.distributed:

@@ -24,8 +24,8 @@ logger = logging.getLogger("ms_vit")
 
 META_KEY = "ms_vit_meta"
 # Names that belong to the network, as opposed to optimizer state or bookkeeping in the same file.
-_MODEL_KEY = re.compile(r"^(cls|pos_embedding|patch_embedding\.|transformer\.|norm\.|dense\.)")
-_HEAD_KEYS = ("dense.weight", "dense.bias")
+_MODEL_KEY = re.compile(r"^(cls|dist_token|pos_embedding|patch_embedding\.|transformer\.|norm\.|dense\.|dense_dist\.)")
+_HEAD_KEYS = ("dense.weight", "dense.bias", "dense_dist.weight", "dense_dist.bias")
 
 
 class CheckpointError(ValueError):
@@ -210,14 +210,19 @@ def ema_params(params: Dict[str, np.ndarray], source: str = "checkpoint") -> Dic
 
 
 def config_from_shapes(shapes: Dict[str, tuple], **known) -> ViTConfig:
-    """Infer a ``ViTConfig`` from parameter shapes (names in ms_vit's layout).
+    """Infer a ``ViTConfig`` from parameter shapes (names in ms_vit's layout), DeiT's distillation token, LayerScale
+    and class-slot-free position embedding included.
 
     The head count cannot be seen in the shapes; it comes from the variant table (or ``known``)."""
     try:
         embed_dim = shapes["cls"][-1]
         patch_size = shapes["patch_embedding.conv.weight"][-1]
         in_channels = shapes["patch_embedding.conv.weight"][1]
-        grid = math.isqrt(shapes["pos_embedding"][1] - 1)
+        distilled = "dist_token" in shapes
+        tokens = shapes["pos_embedding"][1]
+        prefix = 2 if distilled else 1
+        no_embed_class = math.isqrt(tokens - prefix) ** 2 != tokens - prefix and math.isqrt(tokens) ** 2 == tokens
+        grid = math.isqrt(tokens if no_embed_class else tokens - prefix)
         depth = 1 + max(int(k.split(".")[2]) for k in shapes if k.startswith("transformer.layers."))
         mlp_dim = shapes["transformer.layers.0.1.cell.1.dense1.weight"][0]
         num_classes = shapes["dense.weight"][0] if "dense.weight" in shapes else 1000
@@ -226,8 +231,10 @@ def config_from_shapes(shapes: Dict[str, tuple], **known) -> ViTConfig:
     num_heads = next((a["num_heads"] for a in ARCHS.values()
                       if (a["embed_dim"], a["depth"], a["mlp_dim"]) == (embed_dim, depth, mlp_dim)),
                      max(embed_dim // 64, 1))
+    layer_scale = "transformer.layers.0.0.cell.2.gamma" in shapes
     values = dict(image_size=grid * patch_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                  num_heads=num_heads, mlp_dim=mlp_dim, num_classes=num_classes, in_channels=in_channels)
+                  num_heads=num_heads, mlp_dim=mlp_dim, num_classes=num_classes, in_channels=in_channels,
+                  distilled=distilled, no_embed_class=no_embed_class, layer_scale_init=1e-6 if layer_scale else None)
     values.update(known)
     return ViTConfig(**values)
 
@@ -239,13 +246,14 @@ def describe(config: ViTConfig) -> str:
     return f"{arch} with {config.num_classes} classes"
 
 
-def resample_pos_embedding(pos_embedding: np.ndarray, new_grid: int) -> np.ndarray:
-    """Resample a (1, 1 + g*g, D) position embedding to (1, 1 + new_grid**2, D).
+def resample_pos_embedding(pos_embedding: np.ndarray, new_grid: int, num_prefix: int = 1) -> np.ndarray:
+    """Resample a (1, T + g*g, D) position embedding (T prefix tokens: class, distillation) to
+    (1, T + new_grid**2, D).
 
-    The class token's embedding is kept apart; the g x g grid is resized with bicubic interpolation
+    The prefix tokens' embeddings are kept apart; the g x g grid is resized with bicubic interpolation
     (a = -0.75, half-pixel centres, as ``torch.nn.functional.interpolate(mode="bicubic")`` and timm's
     ``resample_abs_pos_embed``). Resampling to the same grid is the identity."""
-    cls_pos, grid_pos = pos_embedding[:, :1], pos_embedding[0, 1:]
+    cls_pos, grid_pos = pos_embedding[:, :num_prefix], pos_embedding[0, num_prefix:]
     old_grid = math.isqrt(grid_pos.shape[0])
     dim = grid_pos.shape[-1]
     resize = _bicubic_matrix(old_grid, new_grid)                                  # (new, old)
@@ -289,22 +297,24 @@ def load_into(net: nn.Cell, params: Dict[str, np.ndarray], source: str = "checkp
     to_load = dict(model_params)
     notes = []
     ckpt_head = model_params.get("dense.weight")
-    if ckpt_head is not None and ckpt_head.shape != tuple(net_params["dense.weight"].shape):
+    new_head = ckpt_head is not None and ckpt_head.shape != tuple(net_params["dense.weight"].shape)
+    if new_head:
         for key in _HEAD_KEYS:
             to_load.pop(key, None)
         notes.append(f"{source}: head has {ckpt_head.shape[0]} classes, the model {net.config.num_classes}: "
                      f"head left newly initialised (fine-tuning)")
     pos = model_params.get("pos_embedding")
     want = tuple(net_params["pos_embedding"].shape)
+    prefix = 0 if net.config.no_embed_class else net.config.num_prefix_tokens
     if pos is not None and pos.ndim == 3 and pos.shape != want and pos.shape[2] == want[2] \
-            and math.isqrt(pos.shape[1] - 1) ** 2 == pos.shape[1] - 1:
-        new_grid = math.isqrt(want[1] - 1)
-        to_load["pos_embedding"] = resample_pos_embedding(pos, new_grid)
-        old_grid = math.isqrt(pos.shape[1] - 1)
+            and pos.shape[1] > prefix and math.isqrt(pos.shape[1] - prefix) ** 2 == pos.shape[1] - prefix:
+        new_grid = math.isqrt(want[1] - prefix)
+        to_load["pos_embedding"] = resample_pos_embedding(pos, new_grid, prefix)
+        old_grid = math.isqrt(pos.shape[1] - prefix)
         notes.append(f"{source}: position embedding resampled from a {old_grid}x{old_grid} to a "
                      f"{new_grid}x{new_grid} patch grid (bicubic)")
 
-    missing = sorted(set(net_params) - set(to_load) - (set(_HEAD_KEYS) if ckpt_head is not None else set()))
+    missing = sorted(set(net_params) - set(to_load) - (set(_HEAD_KEYS) if new_head else set()))
     unexpected = sorted(set(to_load) - set(net_params))
     mis_shaped = sorted(k for k in set(to_load) & set(net_params)
                         if tuple(to_load[k].shape) != tuple(net_params[k].shape))

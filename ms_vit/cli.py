@@ -10,6 +10,25 @@ from .guard import RunStopped
 USER_ERRORS = (CheckpointError, DatasetError, ValueError, FileNotFoundError)
 
 
+def add_weights_args(parser: argparse.ArgumentParser, also: str = "") -> None:
+    """``--ckpt_path FILE`` or ``--pretrained NAME``, one of them required, and ``--model``; ``also``: what else
+    ``--ckpt_path`` takes."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt_path", help="a checkpoint: written by train.py or ms_vit.convert, or in any layout "
+                        "ms_vit.convert knows" + also)
+    source.add_argument("--pretrained", metavar="NAME", help="a pretrained weight set by name (python -m "
+                        "ms_vit.weights lists them), downloaded and verified on first use")
+    parser.add_argument("--model", help="variant, for checkpoints that record none and whose shapes do not say it")
+
+
+def load_model(args, **options):
+    """The model ``--ckpt_path`` or ``--pretrained`` names (``add_weights_args``)."""
+    from . import create_model
+    if args.pretrained:
+        return create_model(args.pretrained, pretrained=True, **options)
+    return create_model(args.model, checkpoint_path=args.ckpt_path, **options)
+
+
 def add_device_args(parser: argparse.ArgumentParser, auto_mode: bool = False) -> None:
     """``--device_target`` and ``--mode``; with ``auto_mode``, ``--mode auto`` (the default) lets the script pick."""
     parser.add_argument("--device_target", choices=["Ascend", "GPU", "CPU"],

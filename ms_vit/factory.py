@@ -24,54 +24,82 @@ INFERENCE = dict(drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0)
 # Fields that describe how weights were trained rather than the architecture: a checkpoint's values win
 # over a variant's defaults, since the weights need them.
 _WEIGHT_FIELDS = ("gelu_approximate", "layer_norm_eps", "mean", "std", "crop_pct", "interpolation", "global_pool")
+# Architecture that a variant name does not say and weights do: DeiT's distillation token, LayerScale, position
+# embedding without the class slot.
+_TOKEN_FIELDS = ("distilled", "layer_scale_init", "no_embed_class")
 
 
 def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, image_size: Optional[int] = None,
                  checkpoint_path: Optional[str] = None, fused_kernels: Optional[bool] = None,
-                 device_kernels: bool = False, ema: bool = False, **overrides) -> ViT:
-    """Build a ViT variant and optionally load a checkpoint into it.
+                 device_kernels: bool = False, ema: bool = False, pretrained: bool = False, **overrides) -> ViT:
+    """Build a ViT variant and optionally load pretrained weights into it.
 
     Args:
-        name: a variant such as ``vit_b_16_224`` (see ``list_models()``). May be left out when
-            ``checkpoint_path`` is an ms_vit checkpoint (it records its config) or any checkpoint in
-            ms_vit's layout (the variant is read from its shapes).
-        num_classes: classes of the head; default: the checkpoint's, else 1000. A different count than
-            the checkpoint's leaves the head newly initialised (fine-tuning), announced.
-        image_size: input side; default: the checkpoint's, else the variant's. A different size than
-            the checkpoint's resamples the position embedding, announced.
-        checkpoint_path: a ``.ckpt`` to load; every parameter must fit (see ``checkpoint.load_into``).
+        name: a variant such as ``vit_b_16_224`` (see ``list_models()``), or the name of a pretrained weight set
+            (``vit_b_16_224.mindvision``, ``vit_base_patch16_224.augreg2_in21k_ft_in1k``; ``python -m
+            ms_vit.weights`` lists them), which is downloaded, verified and cached on first use. May be left out
+            with ``checkpoint_path``: the variant is then the file's (recorded, or read from its shapes).
+        num_classes: classes of the head; default: the weights', else 1000. A different count than the weights'
+            leaves the head newly initialised (fine-tuning), announced.
+        image_size: input side; default: the weights', else the variant's. A different size than the weights'
+            resamples the position embedding, announced.
+        checkpoint_path: a weights file in any layout ``ms_vit.convert`` knows (ms_vit and MindSpore checkpoints,
+            MindSpore Vision, mindcv, the model zoo, timm, the JAX release, torchvision); every parameter must fit
+            (``checkpoint.load_into``). The numerics and preprocessing the weights were trained with come along.
         fused_kernels: run on the fused CPU kernels (faster, same numbers); default: on CPU when they can be built
             here; ``False``: MindSpore's operators only (what exports need). See ``ms_vit.layers``.
         device_kernels: Ascend's fused operators (FlashAttention, one-operator GELU); opt-in, refused elsewhere.
-        ema: load the checkpoint's exponential moving average of the weights (``ema.*``, written by train.py
-            with ``--ema_decay``) instead of the trained weights.
+        ema: load the exponential moving average of the weights (``ema.*``, written by train.py with
+            ``--ema_decay``) instead of the trained weights.
+        pretrained: load the weight set ``name`` names; a bare variant (``vit_b_16_224``) takes its first one.
         **overrides: any other ``ViTConfig`` field (``patch_size``, ``depth``, ``drop_path_rate``,
             ``gelu_approximate``, ...).
 
     Returns:
         The ``ViT``; ``net.checkpoint_meta`` holds what the checkpoint recorded (class names, epoch...).
     """
-    params, meta = checkpoint.read(checkpoint_path) if checkpoint_path else ({}, {})
-    if ema:
-        params = checkpoint.ema_params(params, checkpoint_path)
-    return build_model(name, params, meta, checkpoint_path, num_classes, image_size, fused_kernels, device_kernels,
-                       **overrides)
+    from . import convert, weights              # (imported here: both are also run as python -m ms_vit.<module>)
+    weight_set = None
+    if pretrained or weights.is_weight_name(name):
+        if checkpoint_path:
+            raise ValueError("give a pretrained weight set's name or a checkpoint_path, not both")
+        weight_set = weights.find(name)
+        checkpoint_path, name = weights.fetch(weight_set), None      # the variant is the file's, checked
+    if not checkpoint_path:
+        return build_model(name, {}, {}, None, num_classes, image_size, fused_kernels, device_kernels, **overrides)
+    loaded = convert.read_pretrained(checkpoint_path, weight_set.layout if weight_set and
+                                     weight_set.layout != "auto" else None, ema=ema)
+    fields = (weight_set.config_fields(loaded) if weight_set else
+              loaded.config if loaded.layout.numerics else None)
+    meta = dict(loaded.meta, weights=weight_set.name) if weight_set else loaded.meta
+    return build_model(name, loaded.params, meta, checkpoint_path, num_classes, image_size, fused_kernels,
+                       device_kernels, weight_fields=fields, **overrides)
 
 
 def build_model(name: Optional[str], params: dict, meta: dict, source: Optional[str] = None,
                 num_classes: Optional[int] = None, image_size: Optional[int] = None,
-                fused_kernels: Optional[bool] = None, device_kernels: bool = False, **overrides) -> ViT:
-    """``create_model`` for a checkpoint already read with ``checkpoint.read`` (``params`` may be empty):
-    for callers that need the file's other entries too, such as train.py's optimizer state."""
+                fused_kernels: Optional[bool] = None, device_kernels: bool = False,
+                weight_fields: Optional[dict] = None, **overrides) -> ViT:
+    """``create_model`` for weights already read into ms_vit's names (``params`` may be empty): for callers that
+    need the file's other entries too, such as train.py's optimizer state. ``weight_fields``: the numerics and
+    preprocessing the weights need, for files that do not record their config."""
     saved = ViTConfig.from_dict(meta["config"]) if "config" in meta else None
+    needs = (weight_fields if weight_fields is not None else
+             {k: getattr(saved, k) for k in _WEIGHT_FIELDS} if saved else {})
+    needs = {k: v for k, v in needs.items() if k in _WEIGHT_FIELDS}
     if name:
         config = variant_config(name)
-        if saved:
-            config = dataclasses.replace(config, **{k: getattr(saved, k) for k in _WEIGHT_FIELDS})
+        if params and not saved:        # DeiT's tokens and LayerScale: as the weights have them
+            held = checkpoint.config_from_shapes({k: v.shape for k, v in params.items()})
+            config = dataclasses.replace(config, **{k: getattr(held, k) for k in _TOKEN_FIELDS})
+        elif saved:
+            config = dataclasses.replace(config, **{k: getattr(saved, k) for k in _TOKEN_FIELDS})
+        config = dataclasses.replace(config, **needs)
     elif saved:
         config = saved
     elif params:
-        config = checkpoint.config_from_shapes({k: v.shape for k, v in params.items()})
+        config = dataclasses.replace(checkpoint.config_from_shapes({k: v.shape for k, v in params.items()}),
+                                     **needs)
     else:
         raise ValueError("create_model needs a model name or a checkpoint_path")
     if num_classes is None:

@@ -19,6 +19,13 @@ loads without renaming::
     norm.{gamma,beta}                            final LayerNorm
     dense.{weight,bias}                          classifier head (num_classes, D)
 
+DeiT's models add (``ViTConfig.distilled``, ``layer_scale_init``, ``no_embed_class``; timm's ``deit.py``)::
+
+    dist_token                                   (1, 1, D)         distilled: the distillation token
+    dense_dist.{weight,bias}                     (K, D)            distilled: its head; the two heads averaged
+    transformer.layers.{i}.{0,1}.cell.2.gamma    (D,)              DeiT III: LayerScale of each residual branch
+    pos_embedding                                (1, N, D)         DeiT III: no slot for the class token
+
 Shapes in comments: B batch, C channels, S image side, P patch side, N patches,
 D embedding dim, H heads, d = D / H head dim, M feed-forward (MLP) dim, K classes.
 """
@@ -61,6 +68,12 @@ class ViTConfig:
     # checkpoint scores the same with either (the difference is ~1e-3 in the logits).
     gelu_approximate: bool = False
     layer_norm_eps: float = 1e-6
+    # DeiT's models (timm's deit.py): a distillation token and head, averaged with the class token's (DeiT);
+    # LayerScale on each residual branch, initialised to this value, and a position embedding without the class
+    # token's slot, added before the class token is prepended (DeiT III).
+    distilled: bool = False
+    layer_scale_init: Optional[float] = None
+    no_embed_class: bool = False
     # Regularisation (training only).
     drop_rate: float = 0.0            # dropout after the position embedding, in the MLP and the projection
     attn_drop_rate: float = 0.0       # dropout on the attention weights
@@ -93,6 +106,15 @@ class ViTConfig:
     @property
     def num_patches(self) -> int:
         return self.grid_size ** 2
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: the class token, and the distillation token of distilled models."""
+        return 2 if self.distilled else 1
+
+    @property
+    def num_pos_embeddings(self) -> int:
+        return self.num_patches + (0 if self.no_embed_class else self.num_prefix_tokens)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -215,11 +237,25 @@ class DropPath(nn.Cell):
         return x / self.keep_prob * mask
 
 
+class LayerScale(nn.Cell):
+    """``x * gamma``, one learnt factor per channel (DeiT III, CaiT), ``gamma`` initialised to ``init``.
+
+    Inputs: x (B, N, D). Outputs: (B, N, D).
+    """
+
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.gamma = Parameter(initializer(float(init), (dim,)), name="gamma")
+
+    def construct(self, x):
+        return x * self.gamma.astype(x.dtype)
+
+
 class ResidualCell(nn.Cell):
     """``x + drop_path(cell(x))``.
 
     Args:
-        cell: the residual branch (here LayerNorm followed by attention or feed-forward).
+        cell: the residual branch (here LayerNorm followed by attention or feed-forward, and LayerScale).
         drop_path: stochastic-depth probability of this branch.
     """
 
@@ -244,15 +280,18 @@ class Block(nn.SequentialCell):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, drop_rate: float, attn_drop_rate: float,
-                 drop_path: float, layer_norm_eps: float, gelu_approximate: bool, kernels: str):
+                 drop_path: float, layer_norm_eps: float, gelu_approximate: bool, kernels: str,
+                 layer_scale_init: Optional[float] = None):
         fused = kernels == CPU_FUSED
+        scale = [LayerScale(dim, layer_scale_init)] if layer_scale_init is not None else []
         super().__init__([
             ResidualCell(nn.SequentialCell([
                 LayerNorm(dim, layer_norm_eps, fused),
-                Attention(dim, num_heads, attn_drop_rate, drop_rate, kernels)]), drop_path),
+                Attention(dim, num_heads, attn_drop_rate, drop_rate, kernels)] + scale), drop_path),
             ResidualCell(nn.SequentialCell([
                 LayerNorm(dim, layer_norm_eps, fused),
-                FeedForward(dim, mlp_dim, drop_rate, gelu_approximate, kernels)]), drop_path),
+                FeedForward(dim, mlp_dim, drop_rate, gelu_approximate, kernels)]
+                + ([LayerScale(dim, layer_scale_init)] if scale else [])), drop_path),
         ])
 
 
@@ -284,20 +323,21 @@ class TransformerEncoder(nn.Cell):
         layer_norm_eps: LayerNorm epsilon.
         gelu_approximate: tanh GELU instead of exact.
         kernels: what the layers run on (``ms_vit.layers``).
+        layer_scale_init: LayerScale on each residual branch, initialised to this (DeiT III); None: none.
 
     Inputs: x (B, N, D). Outputs: (B, N, D).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_dim: int, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, layer_norm_eps: float = 1e-6,
-                 gelu_approximate: bool = False, kernels: str = OPS):
+                 gelu_approximate: bool = False, kernels: str = OPS, layer_scale_init: Optional[float] = None):
         super().__init__()
         drop_paths = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         deterministic = drop_rate == 0 and attn_drop_rate == 0 and drop_path_rate == 0
         block = ReusedBlock if deterministic else Block
         self.layers = nn.SequentialCell([
             block(dim, num_heads, mlp_dim, drop_rate, attn_drop_rate, drop_paths[i], layer_norm_eps, gelu_approximate,
-                  kernels)
+                  kernels, layer_scale_init)
             for i in range(depth)
         ])
 
@@ -369,15 +409,20 @@ class ViT(nn.Cell):
         self.patch_embedding = PatchEmbedding(c.image_size, c.patch_size, c.embed_dim, c.in_channels,
                                               fused_kernels=fused)
         self.cls = Parameter(initializer(TruncatedNormal(0.02), (1, 1, c.embed_dim)), name="cls")
-        self.pos_embedding = Parameter(initializer(TruncatedNormal(0.02), (1, c.num_patches + 1, c.embed_dim)),
+        self.dist_token = (Parameter(initializer(TruncatedNormal(0.02), (1, 1, c.embed_dim)), name="dist_token")
+                           if c.distilled else None)
+        self.pos_embedding = Parameter(initializer(TruncatedNormal(0.02), (1, c.num_pos_embeddings, c.embed_dim)),
                                        name="pos_embedding")
         self.dropout = nn.Dropout(p=c.drop_rate)
         self.transformer = TransformerEncoder(c.embed_dim, c.depth, c.num_heads, c.mlp_dim, c.drop_rate,
                                               c.attn_drop_rate, c.drop_path_rate, c.layer_norm_eps,
-                                              c.gelu_approximate, kernels)
+                                              c.gelu_approximate, kernels, c.layer_scale_init)
         self.norm = LayerNorm(c.embed_dim, c.layer_norm_eps, fused)
         self.dense = Dense(c.embed_dim, c.num_classes, fused)
+        self.dense_dist = Dense(c.embed_dim, c.num_classes, fused) if c.distilled else None
         self.mean_pool = c.global_pool == "mean"
+        self.no_embed_class = c.no_embed_class
+        self.num_prefix_tokens = c.num_prefix_tokens
         if init_weights:
             self.init_weights(c.weight_init)
 
@@ -394,8 +439,12 @@ class ViT(nn.Cell):
                 fill(cell.weight, XavierUniform() if mode == "jax" else TruncatedNormal(0.02))
                 fill(cell.bias, Zero())
         fill(self.pos_embedding, TruncatedNormal(0.02))
+        if self.dist_token is not None:
+            fill(self.dist_token, TruncatedNormal(0.02))
         if mode == "jax":
-            fill(self.dense.weight, Zero())
+            for head in (self.dense, self.dense_dist):
+                if head is not None:
+                    fill(head.weight, Zero())
             fill(self.cls, TruncatedNormal(0.02))
         else:
             fill(self.cls, Normal(1e-6))
@@ -412,19 +461,28 @@ class ViT(nn.Cell):
                 block.recompute()
 
     def embed(self, x):
-        """Images (B, C, S, S) -> tokens (B, 1 + N, D): class token and patches, with position embedding."""
+        """Images (B, C, S, S) -> tokens (B, T + N, D): the T prefix tokens (class; distillation) and the patches,
+        with position embedding."""
         x = self.patch_embedding(x)                                  # (B, N, D)
-        cls = ops.tile(self.cls.astype(x.dtype), (x.shape[0], 1, 1))
-        x = ops.cat((cls, x), axis=1) + self.pos_embedding.astype(x.dtype)   # (B, 1 + N, D)
+        batch = x.shape[0]
+        prefix = [ops.tile(self.cls.astype(x.dtype), (batch, 1, 1))]                      # (B, 1, D)
+        if self.dist_token is not None:
+            prefix.append(ops.tile(self.dist_token.astype(x.dtype), (batch, 1, 1)))
+        if self.no_embed_class:                                      # DeiT III: the patches only
+            x = ops.cat(prefix + [x + self.pos_embedding.astype(x.dtype)], axis=1)
+        else:
+            x = ops.cat(prefix + [x], axis=1) + self.pos_embedding.astype(x.dtype)          # (B, T + N, D)
         return self.dropout(x)
 
     def forward_features(self, x):
         x = self.transformer(self.embed(x))
-        return self.norm(x)                                          # (B, 1 + N, D)
+        return self.norm(x)                                          # (B, T + N, D)
 
     def construct(self, x):
         x = self.forward_features(x)
-        x = x[:, 1:].mean(axis=1) if self.mean_pool else x[:, 0]     # (B, D)
+        if self.dense_dist is not None:                              # DeiT distilled: both heads, averaged
+            return (self.dense(x[:, 0]) + self.dense_dist(x[:, 1])) / 2
+        x = x[:, self.num_prefix_tokens:].mean(axis=1) if self.mean_pool else x[:, 0]   # (B, D)
         return self.dense(x)                                         # (B, K)
 
 

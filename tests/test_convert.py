@@ -1,4 +1,4 @@
-"""ms_vit.convert: timm and JAX weights reproduce timm's logits."""
+"""ms_vit.convert: timm and JAX weights reproduce timm's logits (the other layouts: tests/test_weights.py)."""
 import json
 import os
 import subprocess
@@ -80,9 +80,14 @@ def test_jax_npz_parity(tmp_path, mode):
     np.savez(npz, **timm_to_jax(state, fixture_heads()))
     out = str(tmp_path / "jax.ckpt")
     config = convert(npz, out, num_heads=fixture_heads())
-    assert config.mean == (0.5, 0.5, 0.5) and config.crop_pct == 0.9       # the JAX release's preprocessing
-    diff = np.abs(logits_of(out) - np.load(fixture_file("logits.npy"))).max()
-    assert diff < 5e-5, diff
+    # the JAX release's numerics (flax: tanh GELU, eps 1e-6) and preprocessing (the image resized whole, mean/std 0.5)
+    assert config.gelu_approximate is True and config.layer_norm_eps == 1e-6
+    assert config.mean == (0.5, 0.5, 0.5) and config.crop_pct == 1.0
+    # the same weights as timm's: with timm's exact GELU, timm's logits
+    net = create_model(checkpoint_path=out, gelu_approximate=False)
+    net.set_train(False)
+    diff = np.abs(net(ms.Tensor(np.load(fixture_file("input.npy")))).asnumpy() - np.load(fixture_file("logits.npy")))
+    assert diff.max() < 5e-5, diff.max()
 
 
 def test_mapping_covers_every_timm_b16_key():
@@ -104,7 +109,7 @@ def test_unmapped_and_misshaped_weights_stop_conversion(tmp_path):
     extra = dict(state, **{"fc_norm.weight": np.ones(96, np.float32)})
     bad = str(tmp_path / "extra.safetensors")
     save_file(extra, bad)
-    with pytest.raises(ConversionError, match="1 timm weight.*fc_norm.weight"):
+    with pytest.raises(ConversionError, match="timm and DeiT.*: 1 weight.*fc_norm.weight"):
         convert(bad, str(tmp_path / "x.ckpt"))
     state["blocks.1.mlp.fc1.bias"] = np.ones(7, np.float32)
     save_file(state, bad)
@@ -121,5 +126,5 @@ def test_cli_converts_and_fails_cleanly(tmp_path):
     assert "with 10 classes" in run.stdout and out.exists()
     run = subprocess.run([sys.executable, "-m", "ms_vit.convert", str(tmp_path / "missing.safetensors"),
                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 2 and run.stderr.strip().startswith("error: no such file")
+    assert run.returncode == 2 and run.stderr.strip().startswith("error: checkpoint not found")
     assert "Traceback" not in run.stderr
