@@ -68,13 +68,15 @@ class ExportedModel:
             info = json.load(f)
         self.config = ViTConfig.from_dict(info["config"])
         self.class_names = info["class_names"]
-        self.batch = info["input"]["shape"][0]
+        self.batch = info["input"]["shape"][0]              # an int, or "batch": any
         try:
             self.graph = nn.GraphCell(ms.load(path))
         except (RuntimeError, ValueError) as exc:
             raise ValueError(f"cannot load {path}: {str(exc).splitlines()[0]}") from None
 
     def __call__(self, images):
+        if not isinstance(self.batch, int):                          # a dynamic batch dimension
+            return self.graph(images)
         x = images.asnumpy()
         logits = []
         for start in range(0, len(x), self.batch):                    # in the exported batch size

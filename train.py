@@ -165,8 +165,9 @@ class EvaluateAndKeepBest:
     (``evaluate(across_ranks=True)``); only the writer (rank 0) prints and writes files."""
 
     def __init__(self, net, val_dataset, history, steps_per_epoch, meta, folder, writer=True, across_ranks=False,
-                 ema=None):
+                 ema=None, num_images=None):
         self.net, self.val_dataset, self.history, self.meta, self.ema = net, val_dataset, history, meta, ema
+        self.num_images = num_images
         self.folder, self.steps_per_epoch, self.writer, self.across_ranks = folder, steps_per_epoch, writer, across_ranks
         best = history.best()
         self.best_top1 = best["top1"] if best else -1.0
@@ -177,14 +178,22 @@ class EvaluateAndKeepBest:
         for weight, average in zip(self.ema.weights, self.ema.averages):
             weight.set_data(average.value())
         try:
-            return evaluate(self.net, self.val_dataset, across_ranks=self.across_ranks)
+            return self.evaluate()
         finally:
             for weight, value in zip(self.ema.weights, trained):
                 weight.set_data(value)
 
+    def evaluate(self) -> dict:
+        """The figures of the network as it is now, with a progress line every ~10 s when it takes that long."""
+        say = (lambda line: print(line, flush=True)) if self.writer else None
+        metrics = evaluate(self.net, self.val_dataset, across_ranks=self.across_ranks, say=say,
+                           total=self.num_images)
+        metrics.pop("confusion")
+        return metrics
+
     def __call__(self, epoch: int):
         start = time.time()
-        metrics = evaluate(self.net, self.val_dataset, across_ranks=self.across_ranks)
+        metrics = self.evaluate()
         entry = dict(metrics, epoch=epoch, step=epoch * self.steps_per_epoch)
         if self.ema is not None:
             ema = self.evaluate_ema()
@@ -267,11 +276,27 @@ def start(args):
 
 
 def check_splits(args, run):
-    """The class folders and every image of train/ and val/ checked (``data.scan_split``)."""
+    """The class folders and every image of train/ and val/ checked (``data.scan_split``, remembered between runs),
+    by rank 0 alone under data parallelism while the others wait for its verdict."""
     train_dir, val_dir = os.path.join(args.data_dir, "train"), os.path.join(args.data_dir, "val")
     folders = data.list_classes(train_dir)
-    num_train = data.scan_split(train_dir)
-    num_val = data.scan_split(val_dir, folders)
+    say = (lambda line: print(line, flush=True)) if run.writer else None
+    num_train = num_val = 0
+    failure = None
+    if run.writer:
+        try:
+            num_train = data.scan_split(train_dir, say=say)
+            num_val = data.scan_split(val_dir, folders, say=say)
+        except data.DatasetError as exc:
+            failure = exc
+    if run.distributed:                          # the other ranks learn rank 0's verdict and counts
+        from mindspore import ops
+        verdict = ops.AllReduce()(ms.Tensor([float(failure is not None), num_train, num_val], ms.float32)).asnumpy()
+        if verdict[0] and failure is None:
+            raise data.DatasetError("rank 0 found images that cannot be used (its log names them)")
+        num_train, num_val = int(verdict[1]), int(verdict[2])
+    if failure is not None:
+        raise failure
     if num_val < run.group_size:
         raise ValueError(f"{num_val} validation images cannot be shared by {run.group_size} workers: each evaluates "
                          "its shard")
@@ -431,7 +456,7 @@ def main(argv=None):
     progress = Progress(steps, args.epoch_size, datasets.global_batch, lrs, progress_interval(args, steps),
                         run.writer, history=history.train)
     keep_best = EvaluateAndKeepBest(net, datasets.val, history, steps, meta, run.folder, run.writer,
-                                    across_ranks=run.distributed, ema=ema)
+                                    across_ranks=run.distributed, ema=ema, num_images=-(-splits.num_val // run.group_size))
     guard = RunGuard(train_step, steps, lrs, done_steps, look_every=sink_size, across_ranks=run.distributed,
                      on_look=[progress.update])
 

@@ -1,10 +1,10 @@
-"""python -m dataset_tools {download,demo,imagenet-sample} ..."""
+"""python -m dataset_tools {download,demo,imagenet-sample,imagenet} ..."""
 import argparse
 import sys
 
 from ms_vit.data import DatasetError
 
-from . import demo
+from . import demo, imagenet
 from .download import TUTORIAL_URL, describe, download_dataset
 
 
@@ -23,9 +23,20 @@ def main(argv=None):
     p = sub.add_parser("imagenet-sample", help="20 real ImageNet photos in wnid folders, with a devkit archive",
                        description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dest", default="data/imagenet_sample", help="(default: %(default)s)")
+    p = sub.add_parser("imagenet", help="ImageNet-1k from its official archives into class folders",
+                       description=imagenet.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", metavar="TAR", help="ILSVRC2012_img_train.tar (a tar of 1,000 per-class tars)")
+    p.add_argument("--val", metavar="TAR", help="ILSVRC2012_img_val.tar (50,000 JPEGs)")
+    p.add_argument("--devkit", metavar="TGZ", required=True, help="ILSVRC2012_devkit_t12.tar.gz (classes, val labels)")
+    p.add_argument("--dest", default="data/imagenet", help="(default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        if args.command == "download":
+        if args.command == "imagenet":
+            if not (args.train or args.val):
+                parser.error("give --train, --val or both")
+            print(imagenet.describe(args.dest, imagenet.prepare(args.train, args.val, args.devkit, args.dest,
+                                                                say=lambda line: print(line, flush=True))))
+        elif args.command == "download":
             print(describe(args.dest, download_dataset(args.url, args.dest)))
         else:
             build = demo.build_mnist if args.command == "demo" else demo.build_imagenet_sample

@@ -74,18 +74,29 @@ def imagenet_synsets():
     return synsets, lemmas
 
 
-def write_devkit(path: str, synsets, lemmas) -> None:
-    """A devkit-shaped archive: ``ILSVRC2012_devkit_t12/data/meta.mat`` with the ``synsets`` struct array
-    (ILSVRC2012_ID, WNID, words, num_children; leaves have num_children 0), as ImageNet's devkit."""
+def write_devkit(path: str, synsets, lemmas, val_labels=None) -> None:
+    """A devkit archive in the official layout: ``ILSVRC2012_devkit_t12/data/meta.mat`` holding the ``synsets``
+    struct array with the devkit's fields (ILSVRC2012_ID, WNID, words, gloss, num_children, children,
+    wordnet_height, num_train_images): the leaf synsets ``synsets`` numbered 1.. in the order given, then one inner
+    synset above them (num_children > 0), as the real table's inner nodes; with ``val_labels``, also
+    ``data/ILSVRC2012_validation_ground_truth.txt`` (an ILSVRC2012_ID per validation image, in file order)."""
     from scipy.io import savemat
-    dtype = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("gloss", "O"), ("num_children", "O")]
-    records = np.array([(i + 1, wnid, lemmas[wnid], "", 0) for i, wnid in enumerate(synsets)], dtype=dtype)
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
+              "num_train_images"]
+    leaves = [(i + 1, wnid, lemmas[wnid], "", 0, np.zeros((1, 0)), 0, 0) for i, wnid in enumerate(synsets)]
+    inner = [(len(synsets) + 1, "n00001740", "entity", "", 2, np.array([[1, 2]]), 1, 0)]
+    records = np.array(leaves + inner, dtype=[(f, "O") for f in fields])
     buffer = io.BytesIO()
     savemat(buffer, {"synsets": records.reshape(-1, 1)})
+    files = {"ILSVRC2012_devkit_t12/data/meta.mat": buffer.getvalue()}
+    if val_labels is not None:
+        files["ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt"] = \
+            "".join(f"{label}\n" for label in val_labels).encode()
     with tarfile.open(path, "w:gz") as tar:
-        info = tarfile.TarInfo("ILSVRC2012_devkit_t12/data/meta.mat")
-        info.size = len(buffer.getvalue())
-        tar.addfile(info, io.BytesIO(buffer.getvalue()))
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
 
 
 def _staging(dest):

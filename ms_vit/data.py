@@ -7,7 +7,8 @@ ImageNet-1k table for wnid folders, else from the folder names.
 import io
 import os
 import tarfile
-from typing import Dict, List, Optional
+import time
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from mindspore.dataset import vision
 
 from . import augment as augment_module
 from .image_files import check_image
+from .manifest import ScanManifest, folder_digest
 from .vit import ViTConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -40,27 +42,54 @@ def list_classes(split_dir: str) -> List[str]:
     return classes
 
 
-def scan_split(split_dir: str, classes: Optional[List[str]] = None) -> int:
+def scan_split(split_dir: str, classes: Optional[List[str]] = None, say: Optional[Callable[[str], None]] = None,
+               every: float = 5.0) -> int:
     """Check a split before any work depends on it: class folders known, images present, each image's header
     readable, not truncated and not a decompression bomb (``image_files.check_image``). Returns the image count.
 
     Bad images stop the run here, all of them named, rather than one of them an epoch later inside the pipeline:
     nothing has been trained yet, and the user decides (remove, re-download) instead of a silently smaller
-    dataset."""
+    dataset. The check is remembered (``ms_vit.manifest``): a class folder whose files have not changed since they
+    passed is not read again, so a second run lists and stats the files only (ImageNet's 1.28 M: seconds). ``say``
+    hears, every ``every`` seconds while images are read, how far the check is, and how it ended."""
     found = list_classes(split_dir)
     if classes is not None:
         unknown = sorted(set(found) - set(classes))
         if unknown:
             raise DatasetError(f"{split_dir} has class folders the model does not know: {', '.join(unknown[:5])}")
-    count, bad = 0, []
+    manifest = ScanManifest(split_dir)
+    start = last_said = time.time()
+    count = checked = 0
+    bad = []
     for name in found:
-        for entry in os.scandir(os.path.join(split_dir, name)):
-            if not entry.is_file() or not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            problem = check_image(entry.path)
+        folder = os.path.join(split_dir, name)
+        entries = [(e.name, e.stat()) for e in os.scandir(folder)
+                   if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()]
+        digest = folder_digest([(n, st.st_size, st.st_mtime_ns) for n, st in entries])
+        if manifest.passed(name, digest) == len(entries):
+            count += len(entries)
+            continue
+        problems = []
+        for file_name, _ in entries:
+            path = os.path.join(folder, file_name)
+            problem = check_image(path)
             if problem:
-                bad.append(f"{entry.path}: {problem}")
-            count += 1
+                problems.append(f"{path}: {problem}")
+            checked += 1
+            if say and time.time() - last_said >= every:
+                last_said = time.time()
+                say(f"checking {split_dir}: {checked:,} images read ({checked / (last_said - start):,.0f}/s), "
+                    f"{count + checked:,} listed so far")
+        count += len(entries)
+        bad += problems
+        if problems:
+            manifest.forget(name)
+        else:
+            manifest.record(name, digest, len(entries))
+    manifest.save()
+    if say and checked and time.time() - start >= every:
+        say(f"checked {split_dir}: {count:,} images in {time.time() - start:.0f} s ({checked:,} read; the others "
+            "unchanged since an earlier check)")
     if bad:
         shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise DatasetError(f"{len(bad)} of {count:,} images in {split_dir} cannot be used; remove or replace them "

@@ -111,11 +111,7 @@ class Dense(nn.Dense):
 class GELU(nn.Cell):
     """GELU: exact ``0.5 x (1 + erf(x / sqrt 2))`` or the tanh approximation; fused: the exact one in one CPU kernel;
     ``one_op`` (``DEVICE`` kernels): the exact one as MindSpore's single GeLU operator (``ops.gelu``; one kernel on
-    Ascend; on CPU within 3e-7 of the erf form, ``tests/test_device_path.py``).
-
-    ``onnx_compatible = True`` (set by ``export.py``) computes the exact GELU from operators that ONNX exporters
-    support (no Erf): ``x * Phi(x)`` with ``erfc`` from Numerical Recipes' Chebyshev fit (relative error < 1.2e-7),
-    equal to the erf GELU within 1e-6 (``tests/test_export.py``)."""
+    Ascend; on CPU within 3e-7 of the erf form, ``tests/test_device_path.py``)."""
 
     def __init__(self, approximate: bool = False, fused: bool = False, one_op: bool = False):
         super().__init__()
@@ -123,8 +119,6 @@ class GELU(nn.Cell):
         self.fused = fused and not approximate
         self.one_op = one_op and not approximate
         self.kernel = kernels.gelu_erf_op() if self.fused else None
-        self.onnx_compatible = False
-        self.div = ops.Div()               # a / b, not a * (1 / b): ONNX export has no Reciprocal
 
     def construct(self, x):
         if self.approximate:
@@ -133,19 +127,7 @@ class GELU(nn.Cell):
             return self.kernel(x.astype(ms.float32)).astype(x.dtype)
         if self.one_op:
             return ops.gelu(x, approximate="none")
-        if self.onnx_compatible:
-            return x * self.normal_cdf(x)
         return 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476))
-
-    def normal_cdf(self, x):
-        """Phi(x) = erfc(-x / sqrt 2) / 2, from erfc(|z|) of Numerical Recipes (2nd ed., 6.2)."""
-        z = ops.abs(x) * 0.7071067811865476
-        denominator = 1.0 + 0.5 * z
-        t = self.div(ops.ones_like(denominator), denominator)
-        poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
-            0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))
-        half_erfc = 0.5 * t * ops.exp(poly - z * z)                # Phi(-|x|)
-        return ops.select(x >= 0, 1.0 - half_erfc, half_erfc)
 
 
 class Softmax(nn.Cell):

@@ -141,3 +141,26 @@ def test_evaluation_shards_hold_every_image_once(tmp_path):
     shards = [_images_read(data.create_dataset(split, ["a", "b"], CONFIG, 4, training=False, num_workers=1,
                                                num_shards=2, shard_id=rank), 1)[0] for rank in range(2)]
     assert sorted(shards[0] + shards[1]) == list(range(11)) and len(shards[0]) == 6 and len(shards[1]) == 5
+
+
+def test_the_image_check_is_remembered_per_class_folder(imagenet_sample, tmp_path, monkeypatch):
+    """A second check reads only the class folders whose files changed (names, sizes, modification times):
+    a file damaged behind the check's back, size and time kept, goes unnoticed; touched, it is read and named."""
+    import shutil
+    monkeypatch.setenv("MS_VIT_CACHE", str(tmp_path / "cache"))
+    split = tmp_path / "train"
+    shutil.copytree(os.path.join(imagenet_sample, "train"), split)
+    said = []
+    assert data.scan_split(str(split), say=said.append, every=0) == 20
+    assert said[-1].startswith(f"checked {split}: 20 images") and "(20 read" in said[-1]
+    assert len(os.listdir(tmp_path / "cache" / "scans")) == 1
+    victim = next(split.glob("*/*.jpg"))
+    stat = victim.stat()
+    victim.write_bytes(b"\0" * stat.st_size)
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    said.clear()
+    assert data.scan_split(str(split), say=said.append, every=0) == 20 and said == []      # nothing read
+    os.utime(victim)                                                                        # touched
+    with pytest.raises(data.DatasetError, match=f"{victim}: not a readable image"):
+        data.scan_split(str(split), say=said.append, every=0)
+    assert said[-1].endswith("20 images in 0 s (1 read; the others unchanged since an earlier check)")   # one
