@@ -72,8 +72,8 @@ def check_writable(path: str) -> None:
 
 def export(net, file_format: str, base: str, batch=None) -> str:
     """Write ``net`` as ``base + extension`` taking ``batch`` images per call (None: any); returns the file's path."""
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     path = base + FORMATS[file_format]
     if file_format == "ONNX":
         from ms_vit import onnx_export

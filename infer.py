@@ -16,10 +16,10 @@ import json
 import os
 import sys
 
+import mindspore as ms
 import numpy as np
 
 from ms_vit import cli, compile_cache, data, device
-import mindspore as ms
 from ms_vit.evaluate import softmax
 from ms_vit.factory import INFERENCE
 from ms_vit.render import render_label
@@ -58,6 +58,7 @@ class ExportedModel:
 
     def __init__(self, path: str):
         from mindspore import nn
+
         from ms_vit import ViTConfig
         info_path = path + ".json"
         if not os.path.isfile(path):
@@ -136,6 +137,7 @@ def main(argv=None):
 def draw_extras(args, net, crop, image, names, top, probs, label, stem):
     """--plot's top-k chart and --attention's maps of one image."""
     from PIL import Image
+
     from ms_vit import plots
     view = Image.fromarray(crop)
     if args.plot:

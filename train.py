@@ -20,8 +20,8 @@ import sys
 import time
 from types import SimpleNamespace
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import nn
 from mindspore.train import Model
 
@@ -38,6 +38,7 @@ from ms_vit.optim import AdamW, layer_decay_scales
 from ms_vit.progress import Progress, format_duration
 from ms_vit.run_folder import RunFolder
 from ms_vit.train_step import ModelEMA, TrainStep
+
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,7 +169,8 @@ class EvaluateAndKeepBest:
                  ema=None, num_images=None):
         self.net, self.val_dataset, self.history, self.meta, self.ema = net, val_dataset, history, meta, ema
         self.num_images = num_images
-        self.folder, self.steps_per_epoch, self.writer, self.across_ranks = folder, steps_per_epoch, writer, across_ranks
+        self.folder, self.steps_per_epoch = folder, steps_per_epoch
+        self.writer, self.across_ranks = writer, across_ranks
         best = history.best()
         self.best_top1 = best["top1"] if best else -1.0
 
@@ -263,8 +265,8 @@ def start(args):
     amp.check(amp_level, args.amp_dtype, setup.device_target)
     if args.parallel_optimizer:
         if setup.device_target != "Ascend":
-            raise ValueError(f"--parallel_optimizer runs on Ascend only (MindSpore's parallel optimizer in data-parallel "
-                             f"mode), not on {setup.device_target}")
+            raise ValueError(f"--parallel_optimizer runs on Ascend only (MindSpore's parallel optimizer in "
+                             f"data-parallel mode), not on {setup.device_target}")
         ms.set_auto_parallel_context(enable_parallel_optimizer=True)
     writer = setup.rank == 0                    # one writer: rank 0 alone prints and writes --ckpt_save_dir
     folder = RunFolder(args.ckpt_save_dir, args.keep_checkpoint_max)
@@ -335,7 +337,8 @@ def build_network(args, run, splits, resume):
         named, path = weights.resolve(args.pretrained) if args.pretrained else (None, None)
         net = create_model(named or args.model or (None if path else "vit_b_16_224"), pretrained=bool(named),
                            num_classes=splits.num_classes, image_size=args.image_size, checkpoint_path=path,
-                           weight_init=args.weight_init, **options, **{k: v for k, v in overrides.items() if v is not None})
+                           weight_init=args.weight_init, **options,
+                           **{k: v for k, v in overrides.items() if v is not None})
     if args.recompute:
         net.set_grad_checkpointing(True)
     if run.distributed:
@@ -366,17 +369,18 @@ def build_datasets(args, run, splits, config):
                            global_batch=global_batch, batches=batches)
 
 
-def build_train_step(args, net, steps: int, global_batch: int, run, soft_targets: bool):
-    """The loss (soft-target cross-entropy after Mixup/CutMix, else label-smoothed), optimizer (AdamW or Adam,
-    cosine schedule over the optimizer steps, layer decay), EMA, AMP and ``TrainStep`` of the recipe; returns
-    ``(train_step, ema, the learning rate of each step)``."""
+def build_training(args, run, net, datasets, resume):
+    """The training step of the recipe: the loss (soft-target cross-entropy after Mixup/CutMix, else
+    label-smoothed), the optimizer (AdamW or Adam, cosine schedule over the optimizer steps, layer decay), EMA, AMP
+    and ``TrainStep``; a resumed run's optimizer state restored. Returns ``(train_step, ema, the learning rate of
+    each step, the training state a checkpoint holds)``."""
     lr = args.lr
     if args.lr_base_size:
-        lr = args.lr * global_batch / args.lr_base_size
+        lr = args.lr * datasets.global_batch / args.lr_base_size
         if run.writer:
-            print(f"learning rate {args.lr:g} x global batch {global_batch} / {args.lr_base_size} = {lr:g} "
+            print(f"learning rate {args.lr:g} x global batch {datasets.global_batch} / {args.lr_base_size} = {lr:g} "
                   "(linear scaling)", flush=True)
-    updates, per_step = training_schedule(lr, steps, args.epoch_size, args.warmup_epochs, args.min_lr,
+    updates, per_step = training_schedule(lr, datasets.steps, args.epoch_size, args.warmup_epochs, args.min_lr,
                                           args.accumulation_steps)
     groups = param_groups(net, args.weight_decay)
     scales = (layer_decay_scales([p.name for p in net.trainable_params()], net.config.depth, args.layer_decay)
@@ -388,28 +392,38 @@ def build_train_step(args, net, steps: int, global_batch: int, run, soft_targets
     else:
         optimizer = nn.Adam(groups, learning_rate=ms.Tensor(updates))
     # label smoothing is folded into Mixup's soft targets
-    loss_fn = SoftTargetCrossEntropy() if soft_targets else LabelSmoothingCrossEntropy(args.label_smoothing)
+    loss_fn = SoftTargetCrossEntropy() if datasets.soft_targets else LabelSmoothingCrossEntropy(args.label_smoothing)
     ema = ModelEMA(net.trainable_params(), args.ema_decay) if args.ema_decay else None
     scaler = amp.loss_scale_manager(run.amp_level, args.amp_dtype)
     train_step = TrainStep(nn.WithLossCell(amp.apply(net, run.amp_level, args.amp_dtype), loss_fn), optimizer,
                            scaler.get_update_cell() if scaler else None, args.clip_grad, args.accumulation_steps, ema)
-    return train_step, ema, per_step
-
-
-def training_state(train_step, net):
-    """What a resumable checkpoint holds besides the network: optimizer moments and step count, EMA, accumulated
-    gradients (not the schedule, rebuilt; not the run's statistics)."""
+    # what a resumable checkpoint holds besides the network: optimizer moments and step count, EMA, accumulated
+    # gradients (not the schedule, rebuilt; not the run's statistics)
     network = {p.name for p in net.get_parameters()}
-    return [p for p in train_step.get_parameters()
-            if p.name not in network and p.name not in ("learning_rate", "step_stats")]
+    state = [p for p in train_step.get_parameters()
+             if p.name not in network and p.name not in ("learning_rate", "step_stats")]
+    for param in state:           # by exact name (load_param_into_net matches names loosely: it wrote Adam's
+        if param.name in resume[1]:                                   # moments into the weights)
+            param.set_data(ms.Tensor(resume[1][param.name], param.dtype))
+    return SimpleNamespace(train_step=train_step, ema=ema, lrs=per_step, state=state)
 
 
-def restore_state(state, params) -> None:
-    """A resumed run's training state, by exact name (``load_param_into_net`` matches names loosely: it wrote Adam's
-    moments into the weights)."""
-    for param in state:
-        if param.name in params:
-            param.set_data(ms.Tensor(params[param.name], param.dtype))
+def starting_position(args, run, datasets, resume):
+    """Where the run starts (a resumed run: at the checkpoint's step, the data pipeline too) and how the device
+    sinks the data (``sinking``); takes the run folder (another run's: an error before any work)."""
+    path, params, meta = resume
+    steps = datasets.steps
+    if run.writer:
+        run.folder.open()
+    start_epoch, start_step = resume_position(params, meta, steps, path) if path else (0, 0)
+    done_steps = start_epoch * steps + start_step
+    if start_epoch >= args.epoch_size:
+        raise ValueError(f"{path} already finished epoch {start_epoch} of --epoch_size {args.epoch_size}")
+    if done_steps:
+        datasets.train.set_init_step(done_steps)     # MindSpore's pipeline recovery: the data order of the same step
+    sink_size, sink_loop = sinking(args, run, steps, done_steps)
+    return SimpleNamespace(start_epoch=start_epoch, start_step=start_step, done_steps=done_steps,
+                           sink_size=sink_size, sink_loop=sink_loop)
 
 
 def sinking(args, run, steps: int, done_steps: int):
@@ -426,76 +440,81 @@ def progress_interval(args, steps: int) -> int:
     return min(args.log_interval, max(1, steps // 4))
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    run = start(args)
-    splits = check_splits(args, run)
-    resume_path, resume_params, resume_meta = resume = find_resume(args, run)
-    net = build_network(args, run, splits, resume)
-    config = net.config
-    datasets = build_datasets(args, run, splits, config)
+def build_callbacks(args, run, net, splits, datasets, training, position):
+    """The run guard (``ms_vit.guard``, the one MindSpore callback) with what it feeds: the progress line and the
+    history at each look; at each epoch's end, the resumable checkpoint, the evaluation and ``best.ckpt``."""
     steps = datasets.steps
-    if run.writer:
-        run.folder.open()                      # another run's: an error before any work
-    start_epoch, start_step = (resume_position(resume_params, resume_meta, steps, resume_path) if resume_path
-                               else (0, 0))
-    done_steps = start_epoch * steps + start_step
-    if start_epoch >= args.epoch_size:
-        raise ValueError(f"{resume_path} already finished epoch {start_epoch} of --epoch_size {args.epoch_size}")
-    if done_steps:
-        datasets.train.set_init_step(done_steps)     # MindSpore's pipeline recovery: the data order of the same step
-    train_step, ema, lrs = build_train_step(args, net, steps, datasets.global_batch, run, datasets.soft_targets)
-    state = training_state(train_step, net)
-    restore_state(state, resume_params)
+    meta = {"config": net.config.to_dict(), "classes": splits.classes, "class_names": splits.names,
+            "train_config": {k: v for k, v in vars(args).items() if k != "config"}}
     if run.writer:
         write_config(args, os.path.join(args.ckpt_save_dir, "config.yaml"))
-    meta = {"config": config.to_dict(), "classes": splits.classes, "class_names": splits.names,
-            "train_config": {k: v for k, v in vars(args).items() if k != "config"}}
-    sink_size, sink_loop = sinking(args, run, steps, done_steps)
-    history = RunHistory(args.ckpt_save_dir, start_epoch, done_steps)
-    progress = Progress(steps, args.epoch_size, datasets.global_batch, lrs, progress_interval(args, steps),
+    history = RunHistory(args.ckpt_save_dir, position.start_epoch, position.done_steps)
+    progress = Progress(steps, args.epoch_size, datasets.global_batch, training.lrs, progress_interval(args, steps),
                         run.writer, history=history.train)
     keep_best = EvaluateAndKeepBest(net, datasets.val, history, steps, meta, run.folder, run.writer,
-                                    across_ranks=run.distributed, ema=ema, num_images=-(-splits.num_val // run.group_size))
-    guard = RunGuard(train_step, steps, lrs, done_steps, look_every=sink_size, across_ranks=run.distributed,
-                     on_look=[progress.update])
+                                    across_ranks=run.distributed, ema=training.ema,
+                                    num_images=-(-splits.num_val // run.group_size))
+    guard = RunGuard(training.train_step, steps, training.lrs, position.done_steps, look_every=position.sink_size,
+                     across_ranks=run.distributed, on_look=[progress.update])
 
     def save_position() -> str:
         """The resumable checkpoint of where the run stands: vit-<epoch>_<steps done in it>.ckpt."""
         epoch, step = guard.position()
         require_finite(net, f"after epoch {epoch} step {step}")
-        position = dict(meta, epoch=epoch, global_step=guard.done_steps, steps_per_epoch=steps)
+        where = dict(meta, epoch=epoch, global_step=guard.done_steps, steps_per_epoch=steps)
         complete = epoch if step == steps else epoch - 1
         return run.folder.save(f"vit-{epoch}_{step}.ckpt", lambda path: checkpoint.save(
-            net, path, meta=position, extra_params=state,
+            net, path, meta=where, extra_params=training.state,
             extra_values={"epoch_num": complete, "step_num": guard.done_steps}))
 
     if run.writer:
         guard.on_epoch_end.append(lambda epoch: save_position())
     guard.on_epoch_end += [keep_best, progress.restart_window]
-    if run.writer:
-        where = f" (from step {start_step + 1} of epoch {start_epoch + 1})" if start_step else ""
-        amp_text = f"AMP {run.amp_level}" + (f" {args.amp_dtype}" if run.amp_level != "O0" else "")
-        sink_text = f", sinks of {sink_size} steps" if sink_loop else ""
-        print(f"training {checkpoint.describe(config)} ({sum(p.size for p in net.trainable_params()):,} parameters) "
-              f"on {run.target}, {amp_text}, {args.mode} mode: {splits.num_train} train / {splits.num_val} val images, "
-              f"{steps} steps of {datasets.batches} per epoch{sink_text}, epochs {start_epoch + 1}..{args.epoch_size}"
-              f"{where}", flush=True)
-    train(args, run, train_step, datasets.train, guard, sink_size, sink_loop, start_epoch, done_steps, steps)
-    return outcome(args, run, guard, history, progress, save_position, start_epoch, steps)
+    return SimpleNamespace(guard=guard, progress=progress, history=history, save_position=save_position)
 
 
-def train(args, run, train_step, train_ds, guard, sink_size, sink_loop, start_epoch, done_steps, steps):
-    """``Model.train``: step by step (an epoch per MindSpore epoch), or in sinks of ``sink_size`` steps (a sink per
-    MindSpore "epoch"); a failing pipeline or device becomes one line naming the intact checkpoints."""
+def announce(args, run, net, splits, datasets, position) -> None:
+    """The run's first line: what will be trained, where, on how many images, in which steps."""
+    if not run.writer:
+        return
+    where = (f" (from step {position.start_step + 1} of epoch {position.start_epoch + 1})" if position.start_step
+             else "")
+    amp_text = f"AMP {run.amp_level}" + (f" {args.amp_dtype}" if run.amp_level != "O0" else "")
+    sink_text = f", sinks of {position.sink_size} steps" if position.sink_loop else ""
+    print(f"training {checkpoint.describe(net.config)} ({sum(p.size for p in net.trainable_params()):,} parameters) "
+          f"on {run.target}, {amp_text}, {args.mode} mode: {splits.num_train} train / {splits.num_val} val images, "
+          f"{datasets.steps} steps of {datasets.batches} per epoch{sink_text}, epochs {position.start_epoch + 1}.."
+          f"{args.epoch_size}{where}", flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run = start(args)                                              # device, ranks, AMP, the run folder
+    splits = check_splits(args, run)                               # the data, checked
+    resume = find_resume(args, run)
+    net = build_network(args, run, splits, resume)                 # the model, or the one resumed
+    datasets = build_datasets(args, run, splits, net.config)
+    position = starting_position(args, run, datasets, resume)
+    training = build_training(args, run, net, datasets, resume)    # the training step
+    watch = build_callbacks(args, run, net, splits, datasets, training, position)
+    announce(args, run, net, splits, datasets, position)
+    train(args, run, training.train_step, datasets.train, watch.guard, position, datasets.steps)
+    return outcome(args, run, watch, position.start_epoch, datasets.steps)
+
+
+def train(args, run, train_step, train_ds, guard, position, steps):
+    """``Model.train``: step by step (an epoch per MindSpore epoch), or in sinks of ``position.sink_size`` steps (a
+    sink per MindSpore "epoch", counted from the run's first step so that MindSpore sends every epoch's data); a
+    failing pipeline or device becomes one line naming the intact checkpoints."""
     try:
-        if sink_loop:
+        if position.sink_loop:
             model = (sink.SinkReplayModel if run.target == "CPU" else Model)(train_step)
-            model.train(args.epoch_size * steps // sink_size, train_ds, callbacks=[guard], dataset_sink_mode=True,
-                        sink_size=sink_size, initial_epoch=done_steps // sink_size)
+            model.train(args.epoch_size * steps // position.sink_size, train_ds, callbacks=[guard],
+                        dataset_sink_mode=True, sink_size=position.sink_size,
+                        initial_epoch=position.done_steps // position.sink_size)
         else:
             Model(train_step).train(args.epoch_size, train_ds, callbacks=[guard], dataset_sink_mode=False,
-                                    initial_epoch=start_epoch)
+                                    initial_epoch=position.start_epoch)
     except RuntimeError as exc:                  # the data pipeline or the device failed mid-run
         newest = run.folder.newest() if run.writer else "none yet"
         epoch, step = guard.position()
@@ -506,9 +525,10 @@ def train(args, run, train_step, train_ds, guard, sink_size, sink_loop, start_ep
             from None
 
 
-def outcome(args, run, guard, history, progress, save_position, start_epoch, steps) -> int:
+def outcome(args, run, watch, start_epoch, steps) -> int:
     """What the run ended with: an error line (non-finite loss, overflowing float16), a resumable checkpoint (a
     signal), or the best epoch."""
+    guard, history = watch.guard, watch.history
     epoch, step = guard.position()
     if guard.stop == "nonfinite":
         bad_epoch, bad_step = guard.position(guard.bad_step)
@@ -524,7 +544,7 @@ def outcome(args, run, guard, history, progress, save_position, start_epoch, ste
                          "--amp_level O0")
     if guard.stop == "signal":
         if run.writer:
-            path = save_position()
+            path = watch.save_position()
             run.folder.write("the run's history", history.save)
             print(f"interrupted by SIGINT/SIGTERM after epoch {epoch} step {step}/{steps}: resumable checkpoint "
                   f"{path}; continue with the same command and --resume auto", file=sys.stderr, flush=True)
@@ -532,7 +552,7 @@ def outcome(args, run, guard, history, progress, save_position, start_epoch, ste
     if not run.writer:
         return 0
     best = history.best()
-    print(f"trained epochs {start_epoch + 1}..{args.epoch_size} in {format_duration(progress.elapsed())}; "
+    print(f"trained epochs {start_epoch + 1}..{args.epoch_size} in {format_duration(watch.progress.elapsed())}; "
           f"best val top-1 {best['top1']:.4f} top-5 {best['top5']:.4f} (epoch {best['epoch']}): "
           f"{os.path.join(args.ckpt_save_dir, 'best.ckpt')}\n"
           f"curves: {os.path.join(args.ckpt_save_dir, 'curves.png')}")

@@ -117,6 +117,7 @@ def main():
     args = parser.parse_args()
     sys.path.insert(0, ROOT)
     import mindspore as ms
+
     from ms_vit import checkpoint, create_model
     ms.set_device("CPU")
     work = tempfile.mkdtemp(prefix="ms_vit_export_")
@@ -150,7 +151,8 @@ def main():
             if run.returncode:
                 sys.exit(run.stderr[-2000:])
             mind = json.loads(run.stdout.strip().splitlines()[-1])
-            print(f"{model} b{batch:<11}{onnx['ms_vit']:>12.2f}{onnx['timm']:>11.2f}{onnx['ms_vit'] / onnx['timm']:>7.2f}"
+            ratio = onnx["ms_vit"] / onnx["timm"]
+            print(f"{model} b{batch:<11}{onnx['ms_vit']:>12.2f}{onnx['timm']:>11.2f}{ratio:>7.2f}"
                   f"{mind['mindir']:>9.2f}{mind['checkpoint']:>11.2f}{mind['mindir'] / mind['checkpoint']:>7.2f}"
                   f"   MINDIR vs checkpoint logits {mind['diff']:.1e}", flush=True)
             for name, ops in onnx.get("profile", {}).items():

@@ -50,9 +50,10 @@ def timed(step, warmup, repeats):
 
 def run_mindspore(model, case, batch, repeats):
     sys.path.insert(0, ROOT)
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     from mindspore import nn
+
     from ms_vit import create_model
     from ms_vit.loss import LabelSmoothingCrossEntropy
     from ms_vit.optim import AdamW
@@ -85,8 +86,8 @@ def run_timm(model, case, batch, repeats):
     sys.path.insert(0, HERE)
     import _torchvision_stub
     _torchvision_stub.install()
-    import torch
     import timm
+    import torch
     net = timm.create_model(MODELS[model][1], num_classes=1000)
     net.set_grad_checkpointing(case == "train_recompute")
     images = torch.randn(batch, 3, 224, 224)
@@ -162,6 +163,7 @@ def pipeline_throughput(seconds=20.0, workers=2, deit=False):
     augmentation x3) on real JPEGs: the 20 ImageNet photos of the foolbox wheel, repeated."""
     sys.path.insert(0, ROOT)
     import tempfile
+
     from dataset_tools.demo import build_imagenet_sample
     from ms_vit import data, variant_config
     with tempfile.TemporaryDirectory() as tmp:

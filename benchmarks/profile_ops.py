@@ -24,6 +24,7 @@ def main():
     args = parser.parse_args()
     import mindspore as ms
     from mindspore import nn
+
     from ms_vit import create_model
     from ms_vit.loss import LabelSmoothingCrossEntropy
     from ms_vit.optim import AdamW

@@ -3,7 +3,7 @@ import os
 import shutil
 import zipfile
 
-from ms_vit.data import DatasetError, DEVKIT, IMAGE_EXTENSIONS
+from ms_vit.data import DEVKIT, IMAGE_EXTENSIONS, DatasetError
 
 TUTORIAL_URL = "https://mindspore-website.obs.cn-north-4.myhuaweicloud.com/notebook/datasets/vit_imagenet_dataset.zip"
 REQUIRED_SPLITS = ("train", "val")

@@ -22,7 +22,7 @@ import tarfile
 import time
 from typing import Callable, Dict, List, Optional
 
-from ms_vit.data import DatasetError, DEVKIT
+from ms_vit.data import DEVKIT, DatasetError
 
 OFFICIAL = {"classes": 1000, "train": 1_281_167, "val": 50_000}
 _GROUND_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"

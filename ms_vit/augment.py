@@ -17,10 +17,9 @@ import random
 import re
 from typing import Optional, Sequence, Tuple
 
+import mindspore.dataset as ds
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
-
-import mindspore.dataset as ds
 
 _LEVEL_DENOM = 10.0                 # timm's magnitude scale: M0..M10
 

@@ -14,8 +14,8 @@ import os
 import re
 from typing import Dict, Optional
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import nn
 
 from .vit import ARCHS, ViTConfig, config_name

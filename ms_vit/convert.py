@@ -29,7 +29,7 @@ import numpy as np
 
 from . import checkpoint
 from .checkpoint import CheckpointError
-from .vit import INCEPTION_MEAN, INCEPTION_STD, IMAGENET_MEAN, IMAGENET_STD, ViT, variant_config
+from .vit import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, ViT, variant_config
 
 logger = logging.getLogger("ms_vit")
 

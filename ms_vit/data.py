@@ -10,10 +10,9 @@ import tarfile
 import time
 from typing import Callable, Dict, List, Optional
 
-import numpy as np
-
 import mindspore as ms
 import mindspore.dataset as ds
+import numpy as np
 from mindspore.dataset import vision
 
 from . import augment as augment_module

@@ -9,9 +9,9 @@ dropout and stochastic-depth masks, as each GPU does in torch's DDP); the ranks 
 import os
 from typing import List, NamedTuple, Optional
 
-import numpy as np
 import mindspore as ms
 import mindspore.dataset as ds
+import numpy as np
 
 DEVICES = ("Ascend", "GPU", "CPU")
 # Set by the launchers MindSpore's init() understands: msrun (and its dynamic cluster), an Ascend rank table,
@@ -88,7 +88,7 @@ def setup(device_target: Optional[str] = None, mode: str = "graph", seed: Option
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     rank, group_size = 0, 1
     if distribute:
-        from mindspore.communication import init, get_rank, get_group_size
+        from mindspore.communication import get_group_size, get_rank, init
         init()
         rank, group_size = get_rank(), get_group_size()
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,

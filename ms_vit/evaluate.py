@@ -3,9 +3,8 @@ rank's shard), with a progress line while it runs."""
 import time
 from typing import Callable, Optional
 
-import numpy as np
-
 import mindspore as ms
+import numpy as np
 from mindspore import ops
 
 from .data import pad_batch

@@ -58,7 +58,7 @@ def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, 
     Returns:
         The ``ViT``; ``net.checkpoint_meta`` holds what the checkpoint recorded (class names, epoch...).
     """
-    from . import convert, weights              # (imported here: both are also run as python -m ms_vit.<module>)
+    from . import convert, weights  # (imported here: both are also run as python -m ms_vit.<module>)
     weight_set = None
     if pretrained or weights.is_weight_name(name):
         if checkpoint_path:

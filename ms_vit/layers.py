@@ -24,7 +24,6 @@ from mindspore import nn, ops
 
 from . import kernels
 
-
 OPS, CPU_FUSED, DEVICE = "ops", "cpu_fused", "device"
 
 

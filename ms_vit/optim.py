@@ -12,7 +12,7 @@ names (``adam_m.*``, ``adam_v.*``) and updates each weight with two fused steps,
 ``eps_t = eps * sqrt(1 - b2^t)`` that equals torch's ``w -= lr * m_hat / (sqrt(v_hat) + eps)``.
 """
 import mindspore as ms
-from mindspore import nn, ops, Parameter, Tensor, jit
+from mindspore import Parameter, Tensor, jit, nn, ops
 
 _adamw_update = ops.MultitypeFuncGraph("adamw_update")
 

@@ -1,10 +1,10 @@
 """The pictures: training curves, attention maps, top-k bars (matplotlib, written as PNG files)."""
 from typing import List, Sequence
 
+import matplotlib
 import numpy as np
 from PIL import Image
 
-import matplotlib
 matplotlib.use("Agg")                       # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 

@@ -67,7 +67,8 @@ class RunFolder:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise RunFolderError(f"{self.folder} is in use by another training run (process {owner}): wait for it to "
-                                 "stop, then continue it with --resume auto, or choose another --ckpt_save_dir") from None
+                                 "stop, then continue it with --resume auto, or choose another --ckpt_save_dir") \
+                from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd

@@ -23,9 +23,9 @@ Outputs: ``(loss, overflow, loss_scale)`` as MindSpore's cell, so ``Model`` and 
 """
 from typing import Optional
 
-import numpy as np
 import mindspore as ms
-from mindspore import nn, ops, Parameter, Tensor
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
 from mindspore.nn.wrap.loss_scale import _grad_scale
 
 _accumulate = ops.MultitypeFuncGraph("accumulate")

@@ -4,8 +4,8 @@ Attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers"
 attention over its heads, add the identity for the residual connection, renormalise the rows, and multiply the
 blocks' matrices from the first to the last; the class token's row says how much each patch flows into it.
 """
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import nn, ops
 
 from .vit import ViT

@@ -35,11 +35,25 @@ import re
 from typing import Optional, Tuple
 
 import mindspore as ms
-from mindspore import nn, ops, Parameter
-from mindspore.common.initializer import initializer, Normal, TruncatedNormal, Uniform, XavierUniform, Zero
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import Normal, TruncatedNormal, Uniform, XavierUniform, Zero, initializer
 
-from .layers import (CPU_FUSED, DEVICE, GELU, OPS, BatchMatMul, Dense, FlashAttention, LayerNorm, Linear, MergeHeads,
-                     Patchify, Softmax, SplitHeads, choose_kernels)
+from .layers import (
+    CPU_FUSED,
+    DEVICE,
+    GELU,
+    OPS,
+    BatchMatMul,
+    Dense,
+    FlashAttention,
+    LayerNorm,
+    Linear,
+    MergeHeads,
+    Patchify,
+    Softmax,
+    SplitHeads,
+    choose_kernels,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -272,11 +272,12 @@ def _download_failure(entry: WeightSet, url: str, path: str, exc: Exception) -> 
 
 def describe(entry: WeightSet) -> str:
     scores = " / ".join(f"{v:.2f} %" for v in (entry.top1, entry.top5) if v is not None) or "not published"
+    checksum = entry.sha256 or (entry.hash_prefix + "... (file name)" if entry.hash_prefix else "none published")
     return "\n".join([
         f"{entry.name}: {entry.variant} at {entry.image_size} px from {entry.source} ({entry.layout} layout)",
         f"  ImageNet-1k top-1 / top-5 as published: {scores}",
         f"  url: {entry.url}" + (f" (mirror: {entry.download_url})" if entry.download_url != entry.url else ""),
-        f"  sha256: {entry.sha256 or (entry.hash_prefix + '... (file name)' if entry.hash_prefix else 'not published')}",
+        f"  sha256: {checksum}",
         f"  licence: {entry.licence or 'not stated'}",
         f"  cache: {entry.path} ({'cached' if os.path.isfile(entry.path) else 'not cached'})"])
 

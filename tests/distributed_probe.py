@@ -13,8 +13,8 @@ computes, written to OUT/rank<r>.npz.
 import os
 import sys
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 
 from ms_vit import create_model, data, device
 from ms_vit.optim import AdamW

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 from helpers import TINY_ARGS, assert_clean_error, run_script
 
@@ -92,6 +91,7 @@ def test_o3_is_float16_but_the_loss(graphs):
 
 def test_parameter_names_unchanged_by_amp():
     import mindspore as ms
+
     from ms_vit import amp, create_model
     ms.set_context(mode=ms.GRAPH_MODE)
     for level in ("O1", "O2", "O3"):

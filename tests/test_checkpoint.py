@@ -1,13 +1,12 @@
 """Unit tests of ms_vit.checkpoint and create_model(checkpoint_path=...)."""
 import logging
 
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
-
 from conftest import shared_path
-from ms_vit import CheckpointError, create_model
-from ms_vit import checkpoint
+
+from ms_vit import CheckpointError, checkpoint, create_model
 
 TINY = dict(num_classes=10, image_size=32, patch_size=8, depth=2)
 

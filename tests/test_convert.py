@@ -4,14 +4,14 @@ import os
 import subprocess
 import sys
 
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
+from conftest import ROOT, shared_path
 from safetensors.numpy import load_file, save_file
 
-from conftest import ROOT, shared_path
 from ms_vit import create_model
-from ms_vit.convert import ConversionError, TIMM_NAMES, convert
+from ms_vit.convert import TIMM_NAMES, ConversionError, convert
 
 FIXTURE = ("fixtures", "timm_vit_parity")
 

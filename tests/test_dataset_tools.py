@@ -7,9 +7,9 @@ import threading
 import zipfile
 
 import pytest
+from helpers import run_script
 from PIL import Image
 
-from helpers import run_script
 from dataset_tools.demo import build_mnist
 
 

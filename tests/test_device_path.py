@@ -8,7 +8,6 @@ import signal
 
 import numpy as np
 import pytest
-
 from helpers import TINY_ARGS, assert_clean_error, run_script
 from test_faults import signal_at, start_train, weights
 
@@ -90,6 +89,7 @@ def test_float16_steps_that_keep_overflowing_stop_the_run(imagenet_sample, tmp_p
     """Every float16 step overflows (a head too large for float16): the loss scale halves to its floor and the run
     stops after 32 skipped steps in a row, with one line; those weights are not saved."""
     import mindspore as ms
+
     from ms_vit import checkpoint, create_model
     ms.set_context(mode=ms.GRAPH_MODE)
     net = create_model("vit_ti_16_224", num_classes=19, image_size=32, patch_size=8, embed_dim=48, depth=2,
@@ -123,6 +123,7 @@ def test_one_operator_gelu_is_the_exact_gelu():
     """The device kernels' GELU (MindSpore's GeLU operator, one kernel on Ascend) runs on CPU too: its numbers."""
     import mindspore as ms
     from scipy.special import erf
+
     from ms_vit.layers import GELU
     ms.set_context(mode=ms.GRAPH_MODE)
     x = np.linspace(-8, 8, 4001).astype(np.float32)
@@ -153,6 +154,7 @@ def test_flash_attention_arguments_follow_its_documented_formula():
     """FlashAttention (Ascend 910B) cannot run here; its arguments can be checked: with the operator replaced by its
     documented formula, the attention it computes equals the unfused attention."""
     import mindspore as ms
+
     from ms_vit.layers import FlashAttention
     from ms_vit.vit import Attention
     ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -187,6 +189,7 @@ def test_recompute_gives_the_same_gradients(drop_path_rate):
     same gradients, for blocks compiled once (no random ops) and blocks with stochastic depth (same seed)."""
     import mindspore as ms
     from mindspore import nn
+
     from ms_vit import create_model
     from ms_vit.loss import LabelSmoothingCrossEntropy
     ms.set_context(mode=ms.GRAPH_MODE)

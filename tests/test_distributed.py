@@ -5,7 +5,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from helpers import TINY_ARGS, assert_clean_error, run_msrun, run_script, worker_log
 
 # No augmentation, no shuffling, no stochastic depth: the 2-worker run and the single process see the same images

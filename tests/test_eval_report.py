@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-
 from helpers import run_script
 
 
@@ -15,6 +14,7 @@ def evaluated(tmp_path_factory):
     its own top-1 and confusions), evaluated by eval.py --report; and its top-1 prediction for each image, computed
     here from the images one by one."""
     import mindspore as ms
+
     from dataset_tools.demo import build_mnist
     from ms_vit import checkpoint, create_model, data
     tmp = tmp_path_factory.mktemp("report")

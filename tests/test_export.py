@@ -2,10 +2,9 @@
 import json
 import os
 
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
-
 from helpers import assert_clean_error, run_script
 
 PREDICT_MINDIR = """
@@ -20,7 +19,7 @@ np.save(sys.argv[3], net(ms.Tensor(np.load(sys.argv[2]))).asnumpy())
 @pytest.fixture(scope="module")
 def trained_ckpt(tmp_path_factory):
     """A tiny ViT with non-trivial weights (random head too) saved as train.py saves, with class names."""
-    from ms_vit import create_model, checkpoint
+    from ms_vit import checkpoint, create_model
     net = create_model("vit_ti_16_224", num_classes=5, image_size=32, patch_size=8, embed_dim=48, depth=2,
                        num_heads=3, mlp_dim=96)
     rng = np.random.default_rng(0)
@@ -96,6 +95,7 @@ def test_onnx_graph_of_every_model_option(options, tmp_path):
     """DeiT's distillation token and head, DeiT III's LayerScale and class-slot-free position embedding, mean
     pooling, MindSpore's numerics: the ONNX graph computes what the ViT does."""
     import onnxruntime
+
     from ms_vit import create_model, onnx_export
     net = create_model("vit_ti_16_224", num_classes=7, image_size=32, patch_size=8, embed_dim=64, depth=2,
                        num_heads=2, mlp_dim=128, fused_kernels=False, **options)
@@ -111,6 +111,7 @@ def test_onnx_graph_of_every_model_option(options, tmp_path):
 
 def test_infer_runs_an_exported_mindir(trained_ckpt, imagenet_sample, tmp_path):
     import glob
+
     from ms_vit import create_model, data
     run = run_script("export.py", "--ckpt_path", trained_ckpt, "--output", str(tmp_path / "tiny"))
     assert run.returncode == 0, run.stderr[-3000:]

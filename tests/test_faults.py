@@ -11,10 +11,9 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import ROOT
 from helpers import TINY_ARGS, assert_clean_error, run_script
+from PIL import Image
 
 # 20 photos, batch 4: 5 steps per epoch; shuffled, not augmented, no stochastic depth: the run is a function of the
 # seed, so a resumed run can be compared weight for weight with a straight one

@@ -6,9 +6,8 @@ import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from helpers import assert_clean_error, run_script
+from PIL import Image
 
 # leaf synsets in the devkit's ILSVRC2012_ID order (not sorted by wnid, as the real one is not)
 WNIDS = ["n02119789", "n01440764", "n04592741", "n02085620"]

@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-
 from helpers import run_script
 
 
@@ -71,6 +70,7 @@ def test_graph_key_changes_with_everything_the_graph_depends_on():
 
 def test_evaluate_pads_the_last_batch_and_counts_only_real_images(imagenet_sample):
     import mindspore as ms
+
     from ms_vit import create_model, data
     from ms_vit.evaluate import evaluate
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -89,6 +89,7 @@ def test_checkpoint_fills_the_model_without_random_initialisation(tiny_ckpt):
     """create_model builds a model whose checkpoint holds every weight without drawing random weights first; the
     result equals loading the checkpoint into a randomly initialised model."""
     import mindspore as ms
+
     from ms_vit import checkpoint, create_model
     from ms_vit.vit import ViT, ViTConfig
     params, meta = checkpoint.read(tiny_ckpt)

@@ -3,12 +3,12 @@ import os
 import subprocess
 import sys
 
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
+from conftest import ROOT
 from scipy.special import erf
 
-from conftest import ROOT
 from ms_vit.kernels import gelu_erf_op
 
 
@@ -100,6 +100,7 @@ def test_model_same_with_and_without_kernels(tmp_path):
 
 def test_layer_norm_kernel_matches_mindspore(mode):
     from mindspore import nn
+
     from ms_vit.kernels import layer_norm_op
     from ms_vit.layers import LayerNorm
     op = layer_norm_op()
@@ -160,6 +161,7 @@ def test_dense_kernels(mode):
 def test_linear_gradients_match_dense(mode):
     """kernels.Linear (both weight-gradient orders) gives nn.Dense's output and gradients."""
     from mindspore import nn
+
     from ms_vit.kernels import linear
     rng = np.random.default_rng(0)
     for out_features, in_features in ((48, 16), (16, 48)):           # dy^T x, and (x^T dy)^T

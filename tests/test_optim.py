@@ -1,6 +1,6 @@
 """ms_vit.optim.AdamW: torch.optim.AdamW's algorithm (bias correction, decoupled decay), step by step."""
 import numpy as np
-from mindspore import nn, Parameter, Tensor
+from mindspore import Parameter, Tensor, nn
 
 from ms_vit.optim import AdamW
 

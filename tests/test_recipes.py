@@ -5,7 +5,6 @@ import os
 
 import pytest
 import yaml
-
 from conftest import ROOT
 from helpers import TINY_ARGS, assert_clean_error, run_script
 

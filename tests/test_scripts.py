@@ -5,9 +5,8 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from helpers import TINY_ARGS, assert_clean_error, run_script
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +93,8 @@ def test_finetune_from_pretrained_with_new_head(trained, tmp_path):
     result = run_script("train.py", "--data_dir", str(root), "--epoch_size", "1", "--batch_size", "2",
                         "--pretrained", os.path.join(trained["dir"], "best.ckpt"), "--ckpt_save_dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "head has 19 classes, the model 2: head left newly initialised (fine-tuning)" in result.stdout + result.stderr
+    assert "head has 19 classes, the model 2: head left newly initialised (fine-tuning)" in \
+        result.stdout + result.stderr
     assert "with 2 classes" in result.stdout
 
 
@@ -140,6 +140,7 @@ def test_eval_public_style_checkpoint_uses_standard_imagenet_indices(imagenet_sa
     """A 1000-class checkpoint without ms_vit metadata (as the public vit_b_16_224.ckpt) on wnid folders:
     labels are the standard ImageNet indices, so a head that always answers the right class scores 100 %."""
     import mindspore as ms
+
     from ms_vit import create_model
     from ms_vit.data import list_classes, resolve_classes
     net = create_model("vit_ti_16_224", image_size=32, patch_size=8, depth=1, embed_dim=48, num_heads=3, mlp_dim=96)

@@ -1,7 +1,7 @@
 """ms_vit.train_step and the optimisation options, against their definitions, in graph mode."""
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
 from mindspore import nn
 
 from ms_vit import create_model

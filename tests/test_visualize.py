@@ -2,11 +2,11 @@
 import glob
 import os
 
-import numpy as np
 import mindspore as ms
+import numpy as np
+from helpers import run_script
 from PIL import Image
 
-from helpers import run_script
 from ms_vit import create_model
 from ms_vit.visualize import as_grid, attention_rollout, attention_weights
 

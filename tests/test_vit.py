@@ -1,12 +1,12 @@
 """Unit tests of ms_vit.vit: variants, shapes, layout, training step, pooling, stochastic depth, AMP."""
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
+from conftest import shared_path
 from mindspore import nn
 from mindspore.nn.utils import no_init_parameters
 
-from conftest import shared_path
-from ms_vit import ViT, create_model, count_params, list_models, variant_config
+from ms_vit import ViT, count_params, create_model, list_models, variant_config
 from ms_vit.loss import LabelSmoothingCrossEntropy
 
 PAPER_PARAMS = {  # at 1000 classes and 224 px, as timm counts them
@@ -142,6 +142,7 @@ def test_drop_path_keeps_expectation():
 @pytest.mark.parametrize("approximate", [False, True])
 def test_gelu_numerics_option(approximate):
     from scipy.special import erf
+
     from ms_vit.layers import GELU
     x = np.linspace(-6, 6, 101, dtype=np.float32)
     exact = 0.5 * x * (1 + erf(x / np.sqrt(2)))

@@ -8,7 +8,6 @@ pass with the source's numerics (GELU, LayerNorm eps) for the others, from the w
 publisher's names (not through ms_vit's name tables)."""
 import hashlib
 import http.server
-import json
 import os
 import subprocess
 import sys
@@ -16,10 +15,9 @@ import threading
 
 import numpy as np
 import pytest
-from scipy.special import erf
-
 from conftest import ROOT
 from helpers import assert_clean_error, run_script
+from scipy.special import erf
 
 DIM, DEPTH, HEADS, MLP, PATCH, SIZE, CLASSES = 128, 2, 2, 256, 8, 32, 1000       # head dim 64: heads = dim / 64
 GRID = SIZE // PATCH
@@ -270,7 +268,6 @@ def published(tmp_path_factory):
     timm = subprocess.run([sys.executable, TIMM_REFERENCE, str(folder)], capture_output=True, text=True, cwd=ROOT)
     timm_ready = timm.returncode == 0
     if timm_ready:
-        timm_x = np.load(folder / "timm_input.npy")
         for model in ("vit", "deit_distilled", "deit3"):
             url = f"{TIMM_HOST}/timm/{model}_test.fb_in1k/resolve/main/model.safetensors"
             server.publish(url, folder / f"{model}.safetensors")
@@ -304,6 +301,7 @@ NUMERICS = {"mindvision_flat": (True, 1e-7), "mindvision": (True, 1e-7), "mindcv
 @pytest.mark.parametrize("name", NON_TIMM)
 def test_each_layout_downloads_verifies_and_gives_the_reference_logits(published, offline_env, name):
     import mindspore as ms
+
     from ms_vit import create_model, weights
     ms.set_context(mode=ms.GRAPH_MODE)
     net = create_model(name, pretrained=True)
@@ -325,6 +323,7 @@ def test_timm_layouts_give_timms_logits(published, offline_env, model):
         pytest.skip(f"timm is not importable here (pip install torch==2.13.0; pip install --no-deps timm==1.0.31): "
                     f"{published['timm_error'][-300:]}")
     import mindspore as ms
+
     from ms_vit import create_model
     ms.set_context(mode=ms.GRAPH_MODE)
     net = create_model(f"{model}_test.fb_in1k", pretrained=True)
@@ -395,6 +394,7 @@ def test_404_and_offline_say_where_to_put_the_file(published, offline_env):
 
 def test_a_file_placed_by_hand_is_verified_then_used(published, offline_env, tmp_path):
     import shutil
+
     from ms_vit import create_model, weights
     entry = weights.find("vit_test_32.model_zoo")
     os.makedirs(os.path.dirname(entry.path))
@@ -428,6 +428,7 @@ def test_scripts_by_name(published, offline_env, imagenet_sample, tmp_path):
     """infer.py and train.py (fine-tuning, new head) with --pretrained NAME; the listing says what is cached; the
     tutorial's recipe names its checkpoint."""
     import yaml
+
     from ms_vit import weights
     image = os.path.join(imagenet_sample, "val", sorted(os.listdir(os.path.join(imagenet_sample, "val")))[0])
     image = os.path.join(image, os.listdir(image)[0])
@@ -469,6 +470,7 @@ def test_the_tutorials_checkpoint_loads_with_mindspores_numerics(published):
     """A MindSpore checkpoint in the tutorial's names without ms_vit's metadata (the public vit_b_16_224.ckpt):
     MindSpore's layer defaults (tanh GELU, LayerNorm eps 1e-7) and MindSpore Vision's preprocessing."""
     import mindspore as ms
+
     from ms_vit import create_model
     net = create_model(checkpoint_path=str(published["folder"] / "flat.ckpt"))
     net.set_train(False)
@@ -481,6 +483,7 @@ def test_the_tutorials_checkpoint_loads_with_mindspores_numerics(published):
 def test_ema_copies_of_a_foreign_layout(published, tmp_path):
     """A training checkpoint with ema.* copies: the weights by default, the averages with ema=True."""
     import mindspore as ms
+
     from ms_vit import create_model
     c, averaged = canonical(), canonical(seed=5)
     tensors = mindcv_names(c)

@@ -35,7 +35,8 @@ from ..files import cache_root
 
 logger = logging.getLogger("ms_vit")
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SOURCES = [os.path.join(_HERE, name) for name in ("gelu.cc", "layer_norm.cc", "heads.cc", "patches.cc", "softmax.cc", "dense.cc")]
+_SOURCES = [os.path.join(_HERE, name)
+            for name in ("gelu.cc", "layer_norm.cc", "heads.cc", "patches.cc", "softmax.cc", "dense.cc")]
 _HEADERS = [os.path.join(_HERE, "common.h")]
 _FLAGS = ["-std=c++17", "-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-pthread", "-shared", "-fPIC"]
 
