@@ -121,7 +121,7 @@ def main():
                        "--epoch_size", "1", "--log_interval", "10", "--num_workers", "2", *TINY]
             events, lines, peak = run_until(command, env, "epoch 1/1 step", 3)
             rates = [float(m.group(1)) for m in (re.search(r" ([\d.]+) img/s", line) for line in lines) if m]
-            if "first_line" not in events:
+            if "progress" not in events:
                 print("\n".join(lines[-15:]))
                 sys.exit(f"train.py failed on {size} files")
             print(f"{size:>10} {'train.py, ' + label:<28}{events['first_line']:>13.1f}"

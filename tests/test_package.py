@@ -1,0 +1,44 @@
+"""pip install . : a wheel of ms_vit, installed into a fresh virtual environment, works from outside the checkout
+(create_model and a forward pass on the fused CPU kernels built from the packaged sources; the weights table).
+
+The fresh environment sees this one's packages through a .pth file, so that MindSpore (2.5 GB) is not installed
+twice: pip still checks every dependency of the wheel, with no package index to fall back on."""
+import glob
+import os
+import subprocess
+import sys
+import sysconfig
+
+from conftest import ROOT
+
+PROBE = """
+import numpy as np, mindspore as ms, ms_vit
+from ms_vit import create_model, weights
+net = create_model("vit_ti_16_224", num_classes=3, image_size=32, patch_size=8, depth=1)
+net.set_train(False)
+print(net(ms.Tensor(np.zeros((2, 3, 32, 32), np.float32))).shape, net.fused_kernels, ms_vit.__file__,
+      len(weights.registry()))
+"""
+
+
+def test_wheel_installs_into_a_fresh_environment_and_runs_outside_the_checkout(tmp_path):
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
+                            str(tmp_path / "dist"), ROOT], capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    wheel = glob.glob(str(tmp_path / "dist" / "ms_vit-*.whl"))[0]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    with open(os.path.join(site, "outer_environment.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    install = subprocess.run([python, "-m", "pip", "install", "--no-index", wheel], capture_output=True, text=True)
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["MS_VIT_CACHE"] = str(tmp_path / "cache")
+    run = subprocess.run([python, "-c", PROBE], cwd=str(tmp_path), capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shape, fused, location, names = run.stdout.split(")")[0] + ")", *run.stdout.split(")")[1].split()
+    assert shape == "(2, 3)" and fused == "True" and int(names) > 70
+    assert location.startswith(site) and not location.startswith(ROOT)
