@@ -5,6 +5,7 @@ The fresh environment sees this one's packages through a .pth file, so that Mind
 twice: pip still checks every dependency of the wheel, with no package index to fall back on."""
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -22,8 +23,11 @@ print(net(ms.Tensor(np.zeros((2, 3, 32, 32), np.float32))).shape, net.fused_kern
 
 
 def test_wheel_installs_into_a_fresh_environment_and_runs_outside_the_checkout(tmp_path):
+    source = tmp_path / "source"                    # a copy: building writes build/ and *.egg-info beside the code
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
+                                                                "outputs", "data", "dist"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
-                            str(tmp_path / "dist"), ROOT], capture_output=True, text=True)
+                            str(tmp_path / "dist"), str(source)], capture_output=True, text=True)
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
     wheel = glob.glob(str(tmp_path / "dist" / "ms_vit-*.whl"))[0]
     venv = tmp_path / "venv"
