@@ -6,7 +6,8 @@
    (python -m dataset_tools demo);
 2. trains a small ViT on it on CPU (train.py --config configs/demo.yaml), evaluating top-1/top-5 after every
    epoch;
-3. evaluates the best checkpoint on the validation split (eval.py), writing the metrics JSON;
+3. evaluates the best checkpoint on the validation split (eval.py --report), writing the metrics JSON, the worst
+   classes and most-confused pairs, and the confusion matrix;
 4. classifies an image from the infer split, draws the predicted label on it, and writes its attention maps and
    top-5 chart (infer.py --attention --plot); training wrote its curves (curves.png) beside the checkpoints.
 
@@ -45,12 +46,14 @@ def main(argv=None):
          "--ckpt_save_dir", args.output_dir])
     best = os.path.join(args.output_dir, "best.ckpt")
     metrics = os.path.join(args.output_dir, "eval_val.json")
-    run(["eval.py", "--data_dir", args.data_dir, "--ckpt_path", best, "--output", metrics])
+    run(["eval.py", "--data_dir", args.data_dir, "--ckpt_path", best, "--output", metrics, "--report"])
     image = sorted(glob.glob(os.path.join(HERE, args.data_dir, "infer", "*", "*.jpg")))[0]
     run(["infer.py", "--ckpt_path", best, os.path.relpath(image, HERE), "--output_dir", args.output_dir,
          "--attention", "--plot"])
     stem = os.path.join(args.output_dir, os.path.splitext(os.path.basename(image))[0])
+    report = os.path.splitext(metrics)[0]
     print(f"\ndone in {time.time() - start:.0f} s\n  checkpoint: {best}\n  metrics:    {metrics}\n"
+          f"  report:     {report}.report.txt, {report}.confusion.png\n"
           f"  curves:     {os.path.join(args.output_dir, 'curves.png')}\n  rendered:   {stem}_pred.png\n"
           f"  attention:  {stem}_attention.png\n  top-5:      {stem}_topk.png")
     return 0

@@ -1,4 +1,5 @@
-"""ms_vit vs timm (PyTorch, eager) on this machine's CPU: throughput, peak memory, time to first step.
+"""ms_vit vs timm (PyTorch, eager) and mindcv (MindSpore) on this machine's CPU: throughput, peak memory, time to
+first step.
 
     python benchmarks/bench_vit.py                 # everything (about 20 minutes on 2 cores)
     python benchmarks/bench_vit.py --models ti16 --cases infer8 train
@@ -6,7 +7,9 @@
 
 Every case runs in a fresh process of its own, so that peak memory (max RSS) and the first step's time
 (graph compilation) belong to that case alone. timm runs in the same invocation when torch and timm import
-(`pip install torch==2.13.0` takes the local CPU wheel; `pip install --no-deps timm==1.0.31`).
+(`pip install torch==2.13.0` takes the local CPU wheel; `pip install --no-deps timm==1.0.31`), mindcv when it imports
+(`pip install --no-deps mindcv==0.3.0`: its ViT in graph mode, its AdamW and label-smoothed loss; Ti/16 built from its
+VisionTransformer class, which mindcv has no name for).
 Figures are images per second (higher is better) and the ms_vit / timm ratio (>1: ms_vit faster).
 ``train_recompute`` is the training step with each block recomputed in the backward pass (ms_vit's
 ``set_grad_checkpointing``, train.py ``--recompute``; timm's ``set_grad_checkpointing``).
@@ -25,6 +28,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODELS = {"b16": ("vit_b_16_224", "vit_base_patch16_224"), "ti16": ("vit_ti_16_224", "vit_tiny_patch16_224")}
+MINDCV_TI16 = dict(embed_dim=192, depth=12, num_heads=3)
+PEERS = ("timm", "mindcv")
 TRAIN_BATCH = {"b16": 8, "ti16": 32}
 CASES = ("infer1", "infer8", "train", "train_recompute")
 
@@ -110,8 +115,39 @@ def run_timm(model, case, batch, repeats):
     return timed(step, warmup=1 if case.startswith("train") else 2, repeats=repeats)
 
 
+def run_mindcv(model, case, batch, repeats):
+    import mindspore as ms
+    import numpy as np
+    from mindcv.loss import create_loss
+    from mindcv.models import create_model as create_mindcv
+    from mindcv.models.vit import VisionTransformer
+    from mindcv.optim import create_optimizer
+    from mindspore import nn
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = create_mindcv("vit_b_16_224") if model == "b16" else VisionTransformer(**MINDCV_TI16)
+    rng = np.random.default_rng(0)
+    images = ms.Tensor(rng.standard_normal((batch, 3, 224, 224)).astype(np.float32))
+    if case.startswith("train"):
+        if case == "train_recompute":
+            for block in net.blocks:
+                block.recompute()
+        labels = ms.Tensor(rng.integers(0, 1000, batch).astype(np.int32))
+        optimizer = create_optimizer(net.trainable_params(), opt="adamw", lr=1e-4, weight_decay=0.05)
+        step_cell = nn.TrainOneStepCell(nn.WithLossCell(net, create_loss("CE", label_smoothing=0.1)), optimizer)
+        step_cell.set_train(True)
+
+        def step():
+            step_cell(images, labels).asnumpy()
+    else:
+        net.set_train(False)
+
+        def step():
+            net(images).asnumpy()
+    return timed(step, warmup=1 if case.startswith("train") else 2, repeats=repeats)
+
+
 def worker(args):
-    run = run_mindspore if args.worker == "ms_vit" else run_timm
+    run = {"ms_vit": run_mindspore, "timm": run_timm, "mindcv": run_mindcv}[args.worker]
     batch = batch_of(args.model, args.case)
     first, median = run(args.model, args.case, batch, args.repeats)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -140,7 +176,8 @@ def best_round(rounds):
 
 IMPORTS = {"ms_vit": "import sys; sys.path.insert(0, %r); import mindspore, ms_vit" % ROOT,
            "timm": "import sys; sys.path.insert(0, %r); import _torchvision_stub; _torchvision_stub.install(); "
-                   "import torch, timm" % HERE}
+                   "import torch, timm" % HERE,
+           "mindcv": "import mindspore, mindcv"}
 
 
 def import_peak_mb(framework):
@@ -151,10 +188,8 @@ def import_peak_mb(framework):
     return float(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else float("nan")
 
 
-def timm_available():
-    probe = ("import sys; sys.path.insert(0, %r); import _torchvision_stub; _torchvision_stub.install(); "
-             "import torch, timm" % HERE)
-    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+def available(framework):
+    return subprocess.run([sys.executable, "-c", IMPORTS[framework]], capture_output=True).returncode == 0
 
 
 def pipeline_throughput(seconds=20.0, workers=2, deit=False):
@@ -195,42 +230,46 @@ def main():
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per round (median taken)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating ms_vit/timm rounds per case (best kept)")
-    parser.add_argument("--no_timm", action="store_true", help="ms_vit only")
+    parser.add_argument("--no_timm", action="store_true", help="leave timm out")
+    parser.add_argument("--no_mindcv", action="store_true", help="leave mindcv out")
     parser.add_argument("--no_pipeline", action="store_true", help="skip the data pipeline measurement")
-    parser.add_argument("--worker", choices=["ms_vit", "timm"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ms_vit", "timm", "mindcv"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
 
-    with_timm = not args.no_timm and timm_available()
-    if not with_timm:
-        print("timm/torch not importable: ms_vit figures only (pip install torch==2.13.0; "
-              "pip install --no-deps timm==1.0.31)")
-    print(f"{'case':<22}{'ms_vit img/s':>13}{'timm img/s':>12}{'ratio':>7}{'ms_vit MB':>11}{'timm MB':>9}"
-          f"{'ms_vit 1st s':>13}{'timm 1st s':>11}")
+    peers = [p for p in PEERS if not getattr(args, f"no_{p}") and available(p)]
+    for missing in sorted(set(PEERS) - set(peers) - {p for p in PEERS if getattr(args, f"no_{p}")}):
+        print(f"{missing} not importable: left out (pip install torch==2.13.0; pip install --no-deps timm==1.0.31 "
+              "mindcv==0.3.0)")
+    print(f"{'case':<26}{'ms_vit img/s':>13}" + "".join(f"{p + ' img/s':>13}{'ratio':>7}" for p in peers) +
+          f"{'ms_vit MB':>11}" + "".join(f"{p + ' MB':>11}" for p in peers) + f"{'ms_vit 1st s':>13}"
+          + "".join(f"{p + ' 1st s':>13}" for p in peers))
     rows = []
     for model in args.models:
         for case in args.cases:
-            ours, theirs = [], []
+            results = {name: [] for name in ["ms_vit"] + peers}
             for _ in range(args.rounds):
-                ours.append(measure("ms_vit", model, case, args.repeats))
-                if with_timm:
-                    theirs.append(measure("timm", model, case, args.repeats))
-            ours, theirs = best_round(ours), best_round(theirs) if with_timm else {}
-            rows.append(dict(model=model, case=case, batch=batch_of(model, case), ms_vit=ours, timm=theirs))
+                for name in results:
+                    results[name].append(measure(name, model, case, args.repeats))
+            results = {name: best_round(rounds) for name, rounds in results.items()}
+            rows.append(dict(model=model, case=case, batch=batch_of(model, case), **results))
             label = f"{model} {case.replace('infer', 'infer b')}"
             if case.startswith("train"):
                 label = f"{model} train b{batch_of(model, case)}" + (" recompute" if "recompute" in case else "")
-            if "error" in ours or "error" in theirs:
-                print(f"{label:<22} error: {ours.get('error') or theirs.get('error')}")
+            errors = [f"{name}: {r['error']}" for name, r in results.items() if "error" in r]
+            if errors:
+                print(f"{label:<26} error: {'; '.join(errors)}")
                 continue
-            ratio = f"{ours['img_s'] / theirs['img_s']:.2f}" if theirs else "-"
-            print(f"{label:<22}{ours['img_s']:>13.2f}{theirs.get('img_s', float('nan')):>12.2f}{ratio:>7}"
-                  f"{ours['peak_mb']:>11.0f}{theirs.get('peak_mb', float('nan')):>9.0f}"
-                  f"{ours['first_s']:>13.1f}{theirs.get('first_s', float('nan')):>11.1f}", flush=True)
-    floors = {name: import_peak_mb(name) for name in (("ms_vit", "timm") if with_timm else ("ms_vit",))}
+            ours = results["ms_vit"]
+            print(f"{label:<26}{ours['img_s']:>13.2f}"
+                  + "".join(f"{results[p]['img_s']:>13.2f}{ours['img_s'] / results[p]['img_s']:>7.2f}" for p in peers)
+                  + f"{ours['peak_mb']:>11.0f}" + "".join(f"{results[p]['peak_mb']:>11.0f}" for p in peers)
+                  + f"{ours['first_s']:>13.1f}" + "".join(f"{results[p]['first_s']:>13.1f}" for p in peers),
+                  flush=True)
+    floors = {name: import_peak_mb(name) for name in ["ms_vit"] + peers}
     print("import alone (the floor of every case's peak): "
           + ", ".join(f"{name} {mb:.0f} MB" for name, mb in floors.items()), flush=True)
     if not args.no_pipeline:

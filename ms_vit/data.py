@@ -62,14 +62,12 @@ def scan_split(split_dir: str, classes: Optional[List[str]] = None, say: Optiona
     bad = []
     for name in found:
         folder = os.path.join(split_dir, name)
-        entries = [(e.name, e.stat()) for e in os.scandir(folder)
-                   if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()]
-        digest = folder_digest([(n, st.st_size, st.st_mtime_ns) for n, st in entries])
-        if manifest.passed(name, digest) == len(entries):
-            count += len(entries)
+        file_names, digest = _listing(folder)
+        if manifest.passed(name, digest) == len(file_names):
+            count += len(file_names)
             continue
         problems = []
-        for file_name, _ in entries:
+        for file_name in file_names:
             path = os.path.join(folder, file_name)
             problem = check_image(path)
             if problem:
@@ -79,12 +77,12 @@ def scan_split(split_dir: str, classes: Optional[List[str]] = None, say: Optiona
                 last_said = time.time()
                 say(f"checking {split_dir}: {checked:,} images read ({checked / (last_said - start):,.0f}/s), "
                     f"{count + checked:,} listed so far")
-        count += len(entries)
+        count += len(file_names)
         bad += problems
         if problems:
             manifest.forget(name)
         else:
-            manifest.record(name, digest, len(entries))
+            manifest.record(name, digest, len(file_names))
     manifest.save()
     if say and checked and time.time() - start >= every:
         say(f"checked {split_dir}: {count:,} images in {time.time() - start:.0f} s ({checked:,} read; the others "
@@ -96,6 +94,17 @@ def scan_split(split_dir: str, classes: Optional[List[str]] = None, say: Optiona
     if count == 0:
         raise DatasetError(f"no images in {split_dir} (extensions {', '.join(IMAGE_EXTENSIONS)})")
     return count
+
+
+def _listing(folder: str):
+    """A class folder's image file names and their digest (names, sizes, modification times)."""
+    names, records = [], []
+    for entry in os.scandir(folder):
+        if entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+            stat = entry.stat()
+            names.append(entry.name)
+            records.append(f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}")
+    return names, folder_digest(records)
 
 
 def resolve_classes(folders: List[str], num_classes: int, where: str) -> List[str]:

@@ -11,19 +11,16 @@ import hashlib
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 from .files import cache_root, write_atomically
 
 logger = logging.getLogger("ms_vit")
 
 
-def folder_digest(entries: List[Tuple[str, int, int]]) -> str:
-    """The digest of a folder's ``(name, size, mtime_ns)`` entries (in any order)."""
-    digest = hashlib.sha1()
-    for name, size, mtime in sorted(entries):
-        digest.update(f"{name}\0{size}\0{mtime}\n".encode())
-    return digest.hexdigest()
+def folder_digest(records: List[str]) -> str:
+    """The digest of a folder's ``"name\\0size\\0mtime_ns"`` records (in any order)."""
+    return hashlib.sha1("\n".join(sorted(records)).encode()).hexdigest()
 
 
 class ScanManifest:

@@ -45,7 +45,11 @@ def test_sink_replay_trains_step_for_step_as_step_by_step(imagenet_sample, tmp_p
     assert sink_run.stdout.startswith("device: CPU (Ascend unavailable (")
     # --log_interval 1, but the host looks only after each sink
     assert progress_steps(sink_run.stdout) == ["5/10", "10/10", "5/10", "10/10"]
-    assert [h["step"] for h in json.load(open(tmp_path / "sinks" / "train_history.json"))] == [5, 10, 15, 20]
+    sinks = json.load(open(tmp_path / "sinks" / "train_history.json"))
+    assert [h["step"] for h in sinks] == [5, 10, 15, 20]
+    # each sink's loss is the mean over its 5 steps, as the step-by-step run's lines every 5 steps
+    steps = json.load(open(tmp_path / "steps" / "train_history.json"))
+    assert [h["loss"] for h in sinks] == pytest.approx([h["loss"] for h in steps], rel=1e-6)
     assert sorted(p for p in os.listdir(tmp_path / "sinks") if p.startswith("vit-")) == ["vit-1_10.ckpt",
                                                                                        "vit-2_10.ckpt"]
     from ms_vit import checkpoint
