@@ -200,15 +200,6 @@ def network_params(params: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return {k: v for k, v in params.items() if _MODEL_KEY.match(k)}
 
 
-def ema_params(params: Dict[str, np.ndarray], source: str = "checkpoint") -> Dict[str, np.ndarray]:
-    """The exponential moving average of the weights that train.py saves as ``ema.<name>``, under the network's
-    names."""
-    averages = {k[len("ema."):]: v for k, v in params.items() if k.startswith("ema.")}
-    if not averages:
-        raise CheckpointError(f"{source} holds no EMA weights (train with --ema_decay to keep them)")
-    return averages
-
-
 def config_from_shapes(shapes: Dict[str, tuple], **known) -> ViTConfig:
     """Infer a ``ViTConfig`` from parameter shapes (names in ms_vit's layout), DeiT's distillation token, LayerScale
     and class-slot-free position embedding included.

@@ -239,7 +239,8 @@ class Layout:
 
 # In the order they are tried: the first whose marker some key matches.
 LAYOUTS = [
-    Layout("ms_vit", "ms_vit (train.py, ms_vit.convert)", r"ms_vit_meta", _identity, None, None),
+    Layout("ms_vit", "ms_vit (train.py, ms_vit.convert): a checkpoint with ms_vit's metadata", r"ms_vit_meta",
+           _identity, None, None),
     Layout("model_zoo", "the MindSpore model zoo (official/cv/VIT)", r"stem\.patch_to_embedding\.dense\.weight",
            from_model_zoo, "mindspore", "mindspore"),
     Layout("mindvision", "MindSpore Vision (mindvision)", r"head\.dense\.weight", from_table(MINDVISION_NAMES),
@@ -287,8 +288,6 @@ def load_source(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
     try:
         if ext == ".ckpt":
             tensors, meta = checkpoint.read(path)
-            if meta:
-                tensors = dict(tensors, ms_vit_meta=np.zeros(0))     # the ms_vit layout's marker
         elif ext == ".safetensors":
             from safetensors.numpy import load_file
             tensors = load_file(path)
@@ -337,14 +336,14 @@ def read_pretrained(path: str, layout: Optional[str] = None, ema: bool = False,
     ``PREPROCESS`` key, for layouts whose preprocessing depends on the weight set (timm); default for those: mean/std
     0.5 when the file name says ``augreg``, else ImageNet's."""
     tensors, meta = load_source(path)
-    found = layout_named(layout) if layout else detect_layout(tensors, path)
+    found = layout_named(layout or "ms_vit") if layout or meta else detect_layout(tensors, path)
     if ema:
         averages = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
         if not averages:
             raise CheckpointError(f"{path} holds no EMA weights (train with --ema_decay to keep them)")
         tensors = averages
     else:
-        tensors = {k: v for k, v in tensors.items() if not k.startswith("ema.") and k != "ms_vit_meta"}
+        tensors = {k: v for k, v in tensors.items() if not k.startswith("ema.")}
     weights = {k: v for k, v in tensors.items() if not _STATE.match(k)}
     set_aside = len(tensors) - len(weights)
     params, unmapped = found.convert({k: np.asarray(v) for k, v in weights.items()})
