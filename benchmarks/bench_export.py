@@ -61,11 +61,14 @@ def profile_by_op(session_path: str, x: np.ndarray, runs: int = 5) -> dict:
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(os.path.dirname(session_path), "onnxruntime_profile")
     session = ort.InferenceSession(session_path, options, providers=["CPUExecutionProvider"])
     for _ in range(runs):
         session.run(None, {"images": x})
-    with open(session.end_profiling()) as f:
+    profile = session.end_profiling()
+    with open(profile) as f:
         events = json.load(f)
+    os.remove(profile)
     totals = {}
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
