@@ -19,10 +19,11 @@ import io
 import os
 import shutil
 import tarfile
-import time
 from typing import Callable, Dict, List, Optional
 
 from ms_vit.data import DEVKIT, DatasetError
+from ms_vit.files import write_atomically
+from ms_vit.progress import Ticker
 
 OFFICIAL = {"classes": 1000, "train": 1_281_167, "val": 50_000}
 _GROUND_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
@@ -48,30 +49,28 @@ def read_devkit(path: str):
 
 
 class Progress:
-    """A line every ``every`` seconds: what is done, of how much."""
+    """A line every ``every`` seconds, and at the end: what is done, of how much."""
 
     def __init__(self, say: Callable[[str], None], what: str, total: int, every: float = 5.0):
-        self.say, self.what, self.total, self.every = say, what, total, every
-        self.start = self.last = time.time()
+        self.say, self.what, self.total, self.ticker = say, what, total, Ticker(every)
 
     def update(self, done: int, extra: str = "") -> None:
-        now = time.time()
-        if now - self.last >= self.every or done == self.total:
-            self.last = now
-            rate = done / max(now - self.start, 1e-9)
+        if self.ticker.due() or done == self.total:
+            seconds = self.ticker.elapsed()
+            rate = done / max(seconds, 1e-9)
             left = f", {(self.total - done) / rate:.0f} s left" if rate and done < self.total else ""
-            self.say(f"{self.what}: {done:,} of {self.total:,}{extra} ({now - self.start:.0f} s{left})")
+            self.say(f"{self.what}: {done:,} of {self.total:,}{extra} ({seconds:.0f} s{left})")
 
 
 def _write_atomic(folder: str, name: str, data: bytes) -> None:
-    tmp = os.path.join(folder, f".{name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, os.path.join(folder, name))
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    write_atomically(os.path.join(folder, name), write)
 
 
 def _is_image(name: str) -> bool:
-    return name.lower().endswith((".jpeg", ".jpg", ".png"))
+    return name.lower().endswith((".jpeg", ".jpg", ".png")) and not name.startswith(".")   # not a write's temporary
 
 
 def prepare_train(archive: str, dest: str, wnids: List[str], say) -> Dict[str, int]:
@@ -159,6 +158,9 @@ def prepare_val(archive: str, dest: str, wnids: Dict[int, str], labels: List[int
     if problems:
         raise DatasetError("the validation images are not all in place:\n  " + "\n  ".join(problems[:10]) +
                            f"\nthe images written so far stay in {partial}; run the same command again to go on")
+    for folder in os.scandir(partial):               # what an interrupted earlier run left half-written
+        for leftover in (e.path for e in os.scandir(folder.path) if e.name.startswith(".")):
+            os.remove(leftover)
     os.rename(partial, dest)
     return counts
 

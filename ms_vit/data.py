@@ -7,7 +7,6 @@ ImageNet-1k table for wnid folders, else from the folder names.
 import io
 import os
 import tarfile
-import time
 from typing import Callable, Dict, List, Optional
 
 import mindspore as ms
@@ -18,6 +17,7 @@ from mindspore.dataset import vision
 from . import augment as augment_module
 from .image_files import check_image
 from .manifest import ScanManifest, folder_digest
+from .progress import Ticker
 from .vit import ViTConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -57,7 +57,7 @@ def scan_split(split_dir: str, classes: Optional[List[str]] = None, say: Optiona
         if unknown:
             raise DatasetError(f"{split_dir} has class folders the model does not know: {', '.join(unknown[:5])}")
     manifest = ScanManifest(split_dir)
-    start = last_said = time.time()
+    ticker = Ticker(every)
     count = checked = 0
     bad = []
     for name in found:
@@ -73,9 +73,8 @@ def scan_split(split_dir: str, classes: Optional[List[str]] = None, say: Optiona
             if problem:
                 problems.append(f"{path}: {problem}")
             checked += 1
-            if say and time.time() - last_said >= every:
-                last_said = time.time()
-                say(f"checking {split_dir}: {checked:,} images read ({checked / (last_said - start):,.0f}/s), "
+            if say and ticker.due():
+                say(f"checking {split_dir}: {checked:,} images read ({checked / ticker.elapsed():,.0f}/s), "
                     f"{count + checked:,} listed so far")
         count += len(file_names)
         bad += problems
@@ -84,8 +83,8 @@ def scan_split(split_dir: str, classes: Optional[List[str]] = None, say: Optiona
         else:
             manifest.record(name, digest, len(file_names))
     manifest.save()
-    if say and checked and time.time() - start >= every:
-        say(f"checked {split_dir}: {count:,} images in {time.time() - start:.0f} s ({checked:,} read; the others "
+    if say and checked and ticker.elapsed() >= every:
+        say(f"checked {split_dir}: {count:,} images in {ticker.elapsed():.0f} s ({checked:,} read; the others "
             "unchanged since an earlier check)")
     if bad:
         shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")

@@ -1,6 +1,5 @@
 """Top-1 / top-5 accuracy, mean cross-entropy and the confusion matrix over every image of a dataset (or of every
 rank's shard), with a progress line while it runs."""
-import time
 from typing import Callable, Optional
 
 import mindspore as ms
@@ -8,7 +7,7 @@ import numpy as np
 from mindspore import ops
 
 from .data import pad_batch
-from .progress import format_duration
+from .progress import Ticker, format_duration
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -39,7 +38,7 @@ def evaluate(net, dataset, across_ranks: bool = False, say: Optional[Callable[[s
     loss_sum = 0.0
     confusion = None
     batch_size = None
-    start = last_said = time.time()
+    ticker = Ticker(every)
     for images, labels in dataset.create_tuple_iterator(num_epochs=1, output_numpy=False):
         labels = labels.asnumpy().astype(np.int64)
         batch_size = batch_size or len(labels)
@@ -52,9 +51,8 @@ def evaluate(net, dataset, across_ranks: bool = False, say: Optional[Callable[[s
         np.add.at(confusion, (labels, top5[:, 0]), 1)
         correct5 += int((top5 == labels[:, None]).any(axis=1).sum())
         count += len(labels)
-        if say and time.time() - last_said >= every:
-            last_said = time.time()
-            rate = count / (last_said - start)
+        if say and ticker.due():
+            rate = count / ticker.elapsed()
             left = f", ETA {format_duration((total - count) / rate)}" if total else ""
             say(f"evaluated {count:,}{f' of {total:,}' if total else ''} images ({rate:.1f} img/s{left})")
     if across_ranks:

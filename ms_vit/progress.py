@@ -10,6 +10,25 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+class Ticker:
+    """When a long loop says how far it is (the image check, an evaluation, ImageNet's preparation): ``due()`` is
+    True once every ``seconds``; ``elapsed()`` counts from the start."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start = self.last = time.time()
+
+    def due(self) -> bool:
+        now = time.time()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+
 class Progress:
     """Fed the run guard's looks (``RunGuard(on_look=[progress.update])``), prints, at the first look at or past
     every ``interval`` steps of an epoch and at each epoch's end, one line::

@@ -31,7 +31,6 @@ D embedding dim, H heads, d = D / H head dim, M feed-forward (MLP) dim, K classe
 """
 import dataclasses
 import math
-import re
 from typing import Optional, Tuple
 
 import mindspore as ms
@@ -498,9 +497,6 @@ class ViT(nn.Cell):
             return (self.dense(x[:, 0]) + self.dense_dist(x[:, 1])) / 2
         x = x[:, self.num_prefix_tokens:].mean(axis=1) if self.mean_pool else x[:, 0]   # (B, D)
         return self.dense(x)                                         # (B, K)
-
-
-_NAME = re.compile(r"^vit_(ti|s|b|l|h)_(\d+)_(\d+)$")
 
 
 def variant_config(name: str, **overrides) -> ViTConfig:
