@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from ms_vit import cli
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RECIPE = "configs/demo.yaml"             # the model and training options (a ViT for 28x28 digits)
 
@@ -34,8 +36,8 @@ def run(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=40, help="training epochs (default: %(default)s)")
+    parser = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=cli.COUNT, default=40, help="training epochs (default: %(default)s)")
     parser.add_argument("--data_dir", default="data/mnist", help="(default: %(default)s)")
     parser.add_argument("--output_dir", default="outputs/demo", help="(default: %(default)s)")
     args = parser.parse_args(argv)

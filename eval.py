@@ -26,18 +26,19 @@ MAX_PICTURE_CLASSES = 100
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", required=True, help="dataset root with <split>/<class>/<image>")
     cli.add_weights_args(p)
     p.add_argument("--split", default="val", help="folder under --data_dir (default: %(default)s)")
-    p.add_argument("--image_size", type=int, help="evaluate at another size (position embedding resampled)")
-    p.add_argument("--batch_size", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--image_size", type=cli.COUNT, help="evaluate at another size (position embedding resampled)")
+    p.add_argument("--batch_size", type=cli.COUNT, default=64, help="(default: %(default)s)")
     p.add_argument("--use_ema", action="store_true",
                    help="use the checkpoint's moving average of the weights (train.py --ema_decay)")
-    p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="(default: %(default)s)")
-    p.add_argument("--log_interval", type=float, default=10.0,
+    p.add_argument("--num_workers", type=cli.COUNT, default=min(8, os.cpu_count() or 1), help="(default: %(default)s)")
+    p.add_argument("--log_interval", type=cli.POSITIVE, default=10.0,
                    help="seconds between progress lines (default: %(default)s)")
-    p.add_argument("--output", help="metrics JSON to write (default: eval_<split>.json beside the checkpoint; "
+    p.add_argument("--output", type=cli.new_file,
+                   help="metrics JSON to write (default: eval_<split>.json beside the checkpoint; "
                    "eval_<name>_<split>.json here for --pretrained)")
     p.add_argument("--report", action="store_true",
                    help="also write <output>.report.txt (worst classes, most-confused pairs) and, for up to "
@@ -46,8 +47,26 @@ def build_parser():
     return p
 
 
-def main(argv=None):
+def output_path(args) -> str:
+    """The metrics JSON's path: ``--output``, else eval_<split>.json beside the checkpoint (eval_<name>_<split>.json
+    here for ``--pretrained``)."""
+    if args.output:
+        return args.output
+    if args.pretrained:
+        return f"eval_{args.pretrained}_{args.split}.json"
+    return os.path.join(os.path.dirname(os.path.abspath(args.ckpt_path)), f"eval_{args.split}.json")
+
+
+def parse_args(argv=None):
+    """The options, checked before any work: the metrics file can be written (not found out after the evaluation)."""
     args = build_parser().parse_args(argv)
+    cli.check_output(output_path(args), "--output")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    output = output_path(args)
     setup = device.setup(args.device_target, args.mode)
     print(device.describe(setup.device_target, setup.notes), file=sys.stderr)
     net = cli.load_model(args, image_size=args.image_size, ema=args.use_ema, **INFERENCE)
@@ -67,11 +86,8 @@ def main(argv=None):
     metrics["per_class"] = report.per_class(confusion, classes, names)
     if args.pretrained:
         metrics.update(pretrained=args.pretrained, split=args.split)
-        output = args.output or f"eval_{args.pretrained}_{args.split}.json"
     else:
         metrics.update(checkpoint=os.path.abspath(args.ckpt_path), split=args.split)
-        output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.ckpt_path)),
-                                             f"eval_{args.split}.json")
     write_json(metrics, output)
     print(f"{args.split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  loss {metrics['loss']:.4f}  "
           f"({metrics['num_images']} images)\nmetrics: {output}")

@@ -26,14 +26,17 @@ import time
 from ms_vit import checkpoint, cli, device
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
+ONNX_INSTALL = ('ONNX export needs the onnx package: pip install "ms_vit[onnx]" (from this folder: pip install '
+                '".[onnx]"), or pip install onnx "numpy<2" (a bare pip install onnx upgrades numpy to 2, with which '
+                "MindSpore 2.10 cannot start)")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_weights_args(p)
     p.add_argument("--file_format", default="MINDIR", type=str.upper,
                    help="MINDIR, ONNX or AIR (Ascend only) (default: %(default)s)")
-    p.add_argument("--batch_size", type=int,
+    p.add_argument("--batch_size", type=cli.COUNT,
                    help="a fixed number of images per call (default: any, for MINDIR and ONNX; 1 for AIR)")
     p.add_argument("--output", help="file name without extension (default: the checkpoint's, beside it; for "
                    "--pretrained: the weight set's name)")
@@ -59,17 +62,6 @@ def sidecar(net, file_format: str, model_file: str, batch, source: str) -> dict:
     }
 
 
-def check_writable(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, f".{os.path.basename(path)}.probe")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as exc:
-        raise ValueError(f"cannot write the export to {folder}: {exc.strerror}") from None
-
-
 def export(net, file_format: str, base: str, batch=None) -> str:
     """Write ``net`` as ``base + extension`` taking ``batch`` images per call (None: any); returns the file's path."""
     import mindspore as ms
@@ -86,12 +78,21 @@ def export(net, file_format: str, base: str, batch=None) -> str:
     return path
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The options, checked before any work (the format, and the onnx package for ONNX: before any download)."""
     args = build_parser().parse_args(argv)
     if args.file_format not in FORMATS:
         raise ValueError(f"unknown --file_format {args.file_format}: choose one of {', '.join(FORMATS)}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch_size must be at least 1, not {args.batch_size}")
+    if args.file_format == "ONNX":                   # before any download
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise ValueError(ONNX_INSTALL) from None
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     setup = device.setup(args.device_target, args.mode)
     target = setup.device_target
     print(device.describe(target, setup.notes), file=sys.stderr)
@@ -102,7 +103,7 @@ def main(argv=None):
     for extension in FORMATS.values():
         if base.lower().endswith(extension):
             base = base[:-len(extension)]
-    check_writable(base + FORMATS[args.file_format])
+    cli.check_output(base + FORMATS[args.file_format], "--output")
     net = cli.load_model(args, fused_kernels=False)
     net.set_train(False)
     start = time.time()

@@ -26,16 +26,17 @@ from ms_vit.render import render_label
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     cli.add_weights_args(p, also="; or a .mindir written by export.py (with its .mindir.json)")
-    p.add_argument("--topk", type=int, default=5, help="classes printed per image (default: %(default)s)")
-    p.add_argument("--batch_size", type=int, default=8,
+    p.add_argument("--topk", type=cli.COUNT, default=5, help="classes printed per image (default: %(default)s)")
+    p.add_argument("--batch_size", type=cli.COUNT, default=8,
                    help="images per forward pass; the last batch is padded, so the graph compiles once "
                         "(default: %(default)s)")
     p.add_argument("--use_ema", action="store_true",
                    help="use the checkpoint's moving average of the weights (train.py --ema_decay)")
-    p.add_argument("--output_dir", default="outputs/infer", help="pictures go here (default: %(default)s)")
+    p.add_argument("--output_dir", default="outputs/infer", type=cli.folder,
+                   help="pictures go here (default: %(default)s)")
     p.add_argument("--attention", action="store_true", help="also write each image's attention maps")
     p.add_argument("--plot", action="store_true", help="also write each image beside a bar chart of its top-k")
     cli.add_device_args(p, auto_mode=True)
@@ -87,32 +88,51 @@ class ExportedModel:
         return ms.Tensor(np.concatenate(logits))
 
 
+def picture_stems(images, output_dir: str) -> dict:
+    """Where each image's pictures go: ``output_dir/<name>`` (``<name>_pred.png``...); images of the same file name
+    (``a/x.jpg``, ``b/x.jpg``) keep their folders below the images' common folder, so no picture replaces another."""
+    names = [os.path.splitext(os.path.basename(path))[0] for path in images]
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in images])
+    stems = {}
+    for path, name in zip(images, names):
+        if names.count(name) > 1:
+            name = os.path.splitext(os.path.relpath(os.path.abspath(path), common))[0]
+        stems[path] = os.path.join(output_dir, name)
+    return stems
+
+
 def batches(items, size):
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The options, checked before any work (the images exist; a MINDIR has no attention maps)."""
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch_size must be at least 1, not {args.batch_size}")
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         raise FileNotFoundError(f"image not found: {', '.join(missing)}")
+    if args.attention and args.ckpt_path and args.ckpt_path.lower().endswith(".mindir"):
+        raise ValueError("--attention needs the checkpoint (an exported MINDIR returns only the logits)")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     # one forward pass: no graph compilation (seconds for B/16) to pay back, PyNative answers first
     mode = args.mode if args.mode != "auto" else ("pynative" if len(args.images) <= args.batch_size else "graph")
     setup = device.setup(args.device_target, mode)
     print(device.describe(setup.device_target, setup.notes), file=sys.stderr)
     if args.ckpt_path and args.ckpt_path.lower().endswith(".mindir"):
-        if args.attention:
-            raise ValueError("--attention needs the checkpoint (an exported MINDIR returns only the logits)")
         net = ExportedModel(args.ckpt_path)
         names = net.class_names
     else:
         net = cli.load_model(args, ema=args.use_ema, **INFERENCE)
         net.set_train(False)
         names = class_names_for(net)
-    os.makedirs(args.output_dir, exist_ok=True)
+    stems = picture_stems(args.images, args.output_dir)
+    for folder in sorted({os.path.dirname(stem) for stem in stems.values()}):
+        cli.check_folder(folder, f"the pictures to --output_dir {args.output_dir}")
     size = min(args.batch_size, len(args.images))
     if mode == "graph" and not args.attention and not isinstance(net, ExportedModel):
         compile_cache.enable(net, size)
@@ -121,11 +141,11 @@ def main(argv=None):
         images = data.pad_batch(ms.ops.cat([data.to_model_input(crop, net.config) for crop in crops]), size)
         all_probs = softmax(net(images).asnumpy().astype(np.float64))
         for index, (path, crop, probs) in enumerate(zip(group, crops, all_probs)):
-            top = np.argsort(-probs)[:args.topk]
+            top = np.argsort(-probs)[:args.topk]                      # all classes if --topk is more
             print(path)
             for rank, k in enumerate(top, 1):
                 print(f"  {rank}. {names[k]}  {probs[k]:.4f}")
-            stem = os.path.join(args.output_dir, os.path.splitext(os.path.basename(path))[0])
+            stem = stems[path]
             label = f"{data.short_name(names[top[0]])} ({probs[top[0]]:.1%})"
             render_label(path, label, f"{stem}_pred.png")
             print(f"  rendered: {stem}_pred.png")

@@ -25,45 +25,48 @@ import numpy as np
 from mindspore import nn
 from mindspore.train import Model
 
-from ms_vit import amp, checkpoint, cli, create_model, data, device, sink, weights
+from ms_vit import amp, checkpoint, cli, create_model, data, device, files, sink, weights
 from ms_vit.augment import Mixup
 from ms_vit.config import parse_with_config, write_config
 from ms_vit.evaluate import evaluate
 from ms_vit.factory import build_model
-from ms_vit.guard import MAX_OVERFLOWS_IN_A_ROW, RunGuard, RunStopped
-from ms_vit.history import RunHistory
+from ms_vit.guard import MAX_OVERFLOWS_IN_A_ROW, RunGuard, RunStopped, stop_on_signal
+from ms_vit.history import CURVES_FILE, TRAIN_FILE, VAL_FILE, RunHistory
 from ms_vit.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from ms_vit.lr import training_schedule
 from ms_vit.optim import AdamW, layer_decay_scales
 from ms_vit.progress import Progress, format_duration
 from ms_vit.run_folder import RunFolder
 from ms_vit.train_step import ModelEMA, TrainStep
+from ms_vit.vit import VARIANTS, ViTConfig
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data_dir", help="dataset root with train/ and val/ class folders (required: here or in --config)")
-    g.add_argument("--num_classes", type=int, help="head size (default: the number of class folders in train/)")
-    g.add_argument("--batch_size", type=int, default=64,
+    g.add_argument("--num_classes", type=cli.COUNT, help="head size (default: the number of class folders in train/)")
+    g.add_argument("--batch_size", type=cli.COUNT, default=64,
                    help="per device; the global batch is workers x batch_size (default: %(default)s)")
-    g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
+    g.add_argument("--num_workers", type=cli.COUNT, default=min(8, os.cpu_count() or 1),
                    help="parallel data workers (default: %(default)s)")
-    g.add_argument("--min_crop_scale", type=float, default=0.08,
+    g.add_argument("--min_crop_scale", type=cli.ranged(float, 0.0, 1.0, open_low=True), default=0.08,
                    help="smallest area fraction of the random resized crop (default: %(default)s)")
-    g.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability (default: %(default)s)")
+    g.add_argument("--hflip", type=cli.FRACTION, default=0.5, help="horizontal flip probability (default: %(default)s)")
     g.add_argument("--auto_augment", help="timm's RandAugment, e.g. rand-m9-mstd0.5-inc1 (DeiT's); default: none")
-    g.add_argument("--re_prob", type=float, default=0.0, help="random erasing probability (DeiT: 0.25) "
+    g.add_argument("--re_prob", type=cli.FRACTION, default=0.0, help="random erasing probability (DeiT: 0.25) "
                    "(default: %(default)s)")
     g.add_argument("--re_mode", choices=["pixel", "rand", "const"], default="pixel",
                    help="random erasing fill: per-pixel noise, per-box colour or zeros (default: %(default)s)")
-    g.add_argument("--mixup", type=float, default=0.0, help="Mixup alpha, 0: off (DeiT: 0.8) (default: %(default)s)")
-    g.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha, 0: off (DeiT: 1.0) (default: %(default)s)")
-    g.add_argument("--mixup_prob", type=float, default=1.0,
+    g.add_argument("--mixup", type=cli.NON_NEGATIVE, default=0.0,
+                   help="Mixup alpha, 0: off (DeiT: 0.8) (default: %(default)s)")
+    g.add_argument("--cutmix", type=cli.NON_NEGATIVE, default=0.0,
+                   help="CutMix alpha, 0: off (DeiT: 1.0) (default: %(default)s)")
+    g.add_argument("--mixup_prob", type=cli.FRACTION, default=1.0,
                    help="probability of mixing a batch (default: %(default)s)")
-    g.add_argument("--mixup_switch_prob", type=float, default=0.5,
+    g.add_argument("--mixup_switch_prob", type=cli.FRACTION, default=0.5,
                    help="probability of CutMix rather than Mixup when both are on (default: %(default)s)")
-    g.add_argument("--aug_repeats", type=int, default=0,
+    g.add_argument("--aug_repeats", type=cli.ranged(int, 0), default=0,
                    help="repeated augmentation: each image this many times per epoch, spread over the workers "
                         "(DeiT: 3); 0: off (default: %(default)s)")
     g.add_argument("--no_augment", action="store_true",
@@ -73,12 +76,14 @@ def build_parser():
     g = p.add_argument_group("model")
     g.add_argument("--model", help="variant, e.g. vit_b_16_224, vit_ti_16_224 (default: vit_b_16_224, or the "
                    "variant recorded in --pretrained/--resume)")
-    g.add_argument("--image_size", type=int, help="input side (default: the variant's)")
-    g.add_argument("--patch_size", type=int, help="patch side (default: the variant's)")
+    g.add_argument("--image_size", type=cli.COUNT, help="input side (default: the variant's)")
+    g.add_argument("--patch_size", type=cli.COUNT, help="patch side (default: the variant's)")
     for name in ("embed_dim", "depth", "num_heads", "mlp_dim"):
-        g.add_argument(f"--{name}", type=int, help=f"override the variant's {name} (small models for CPU)")
-    g.add_argument("--drop_rate", type=float, default=0.0, help="dropout (default: %(default)s)")
-    g.add_argument("--drop_path_rate", type=float, default=0.1, help="stochastic depth (default: %(default)s)")
+        g.add_argument(f"--{name}", type=cli.COUNT, help=f"override the variant's {name} (small models for CPU)")
+    g.add_argument("--drop_rate", type=cli.ranged(float, 0.0, 1.0, open_high=True), default=0.0,
+                   help="dropout (default: %(default)s)")
+    g.add_argument("--drop_path_rate", type=cli.ranged(float, 0.0, 1.0, open_high=True), default=0.1,
+                   help="stochastic depth (default: %(default)s)")
     g.add_argument("--recompute", action="store_true",
                    help="recompute each transformer block's activations in the backward pass instead of keeping them "
                         "(MindSpore's Cell.recompute, timm's set_grad_checkpointing): less memory, more compute")
@@ -95,43 +100,44 @@ def build_parser():
     g.add_argument("--resume", help="checkpoint written by train.py to continue (weights, optimizer, position in "
                    "the run), or 'auto': the newest in --ckpt_save_dir, or a new run when there is none")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epoch_size", type=int, default=10, help="epochs (default: %(default)s)")
+    g.add_argument("--epoch_size", type=cli.COUNT, default=10, help="epochs (default: %(default)s)")
     g.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw",
                    help="adamw: decoupled weight decay with bias correction, as timm; adam: L2 weight decay "
                         "(default: %(default)s)")
-    g.add_argument("--lr", type=float, default=1e-3,
+    g.add_argument("--lr", type=cli.POSITIVE, default=1e-3,
                    help="peak learning rate, for the global batch (default: %(default)s)")
-    g.add_argument("--min_lr", type=float, default=1e-6, help="final learning rate (default: %(default)s)")
-    g.add_argument("--warmup_epochs", type=float, default=1.0, help="linear warm-up (default: %(default)s)")
-    g.add_argument("--weight_decay", type=float, default=0.05,
+    g.add_argument("--min_lr", type=cli.NON_NEGATIVE, default=1e-6, help="final learning rate (default: %(default)s)")
+    g.add_argument("--warmup_epochs", type=cli.NON_NEGATIVE, default=1.0, help="linear warm-up (default: %(default)s)")
+    g.add_argument("--weight_decay", type=cli.NON_NEGATIVE, default=0.05,
                    help="on weights only: not on norms, biases, class token, position embedding "
                         "(default: %(default)s)")
-    g.add_argument("--label_smoothing", type=float, default=0.1,
+    g.add_argument("--label_smoothing", type=cli.ranged(float, 0.0, 1.0, open_high=True), default=0.1,
                    help="also folded into Mixup/CutMix's soft targets (default: %(default)s)")
-    g.add_argument("--lr_base_size", type=int,
+    g.add_argument("--lr_base_size", type=cli.COUNT,
                    help="linear scaling: --lr is the rate for this global batch, scaled to the actual one "
                         "(DeiT: 512); default: --lr as given")
-    g.add_argument("--layer_decay", type=float,
+    g.add_argument("--layer_decay", type=cli.ranged(float, 0.0, 1.0, open_low=True),
                    help="layer-wise learning-rate decay for fine-tuning (e.g. 0.65): block i of D gets "
                         "lr x decay^(D - i); default: off")
-    g.add_argument("--clip_grad", type=float, default=0.0,
+    g.add_argument("--clip_grad", type=cli.NON_NEGATIVE, default=0.0,
                    help="clip the gradient's global L2 norm to this; 0: off (default: %(default)s)")
-    g.add_argument("--accumulation_steps", type=int, default=1,
+    g.add_argument("--accumulation_steps", type=cli.COUNT, default=1,
                    help="batches per optimizer step: k steps of batch B update as one of k x B (default: %(default)s)")
-    g.add_argument("--ema_decay", type=float, default=0.0,
+    g.add_argument("--ema_decay", type=cli.ranged(float, 0.0, 1.0, open_high=True), default=0.0,
                    help="keep an exponential moving average of the weights, evaluated after each epoch and saved "
                         "(DeiT: 0.99996); 0: off (default: %(default)s)")
     g = p.add_argument_group("run")
     g.add_argument("--config", help="a recipe: YAML of these options (configs/*.yaml); the command line wins")
-    g.add_argument("--ckpt_save_dir", default="outputs/train", help="(default: %(default)s)")
-    g.add_argument("--log_interval", type=int, default=100,
+    g.add_argument("--ckpt_save_dir", default="outputs/train", type=cli.folder, help="(default: %(default)s)")
+    g.add_argument("--log_interval", type=cli.COUNT, default=100,
                    help="steps between progress lines, at most 4 per epoch apart (default: %(default)s)")
-    g.add_argument("--sink_size", type=int,
+    g.add_argument("--sink_size", type=cli.COUNT,
                    help="steps the device runs between two looks of the host (progress, loss and overflow checks, "
                         "SIGTERM): MindSpore's dataset sink size on Ascend/GPU, rounded down to a divisor of the steps "
                         "per epoch. Default: the progress interval on Ascend/GPU; 1 (step by step) on CPU, where a "
                         "larger N replays the device's sink cadence")
-    g.add_argument("--keep_checkpoint_max", type=int, default=2, help="epoch checkpoints kept (default: %(default)s)")
+    g.add_argument("--keep_checkpoint_max", type=cli.COUNT, default=2,
+                   help="epoch checkpoints kept (default: %(default)s)")
     cli.add_device_args(p)
     g.add_argument("--amp_level", choices=list(amp.LEVELS),
                    help="mixed precision: O1 matrix products, O2 all but LayerNorm and softmax, O3 all in --amp_dtype "
@@ -145,7 +151,7 @@ def build_parser():
     g.add_argument("--parallel_optimizer", action="store_true",
                    help="with --distribute on Ascend: shard the optimizer's work over the ranks (MindSpore's parallel "
                         "optimizer), each rank updating its share of the weights and broadcasting them")
-    g.add_argument("--seed", type=int, default=42, help="(default: %(default)s)")
+    g.add_argument("--seed", type=cli.ranged(int, 0), default=42, help="(default: %(default)s)")
     return p
 
 
@@ -157,10 +163,12 @@ def param_groups(net, weight_decay):
 
 
 class EvaluateAndKeepBest:
-    """After each epoch (``RunGuard(on_epoch_end=[...])``): top-1/top-5 on the validation set (of the EMA weights
-    too, with ``ema``); the best epoch saved as ``best.ckpt`` (with the EMA weights, for ``eval.py --use_ema``); the
-    run's history and curves (``ms_vit.history``) written. A resumed run continues the history and keeps the best
-    top-1 of its earlier epochs: ``best.ckpt`` is never replaced by a worse epoch.
+    """After each epoch (``RunGuard(on_epoch_end=[...])``, after the epoch's resumable checkpoint): top-1/top-5 on
+    the validation set (of the EMA weights too, with ``ema``), recorded in ``val_history.json`` before the epoch's
+    line is printed; the best epoch then saved as ``best.ckpt`` (with the EMA weights, for ``eval.py --use_ema``),
+    and the curves drawn (``ms_vit.history``). A resumed run continues the records and keeps the best top-1 of its
+    earlier epochs: ``best.ckpt`` is never replaced by a worse epoch; ``catch_up`` finishes what a killed run left
+    undone after its last checkpoint.
 
     Under data parallelism every rank evaluates its shard of the validation set and the counts are summed
     (``evaluate(across_ranks=True)``); only the writer (rank 0) prints and writes files."""
@@ -194,6 +202,7 @@ class EvaluateAndKeepBest:
         return metrics
 
     def __call__(self, epoch: int):
+        files.fault_point("evaluate")
         start = time.time()
         metrics = self.evaluate()
         entry = dict(metrics, epoch=epoch, step=epoch * self.steps_per_epoch)
@@ -208,15 +217,51 @@ class EvaluateAndKeepBest:
             self.best_top1 = metrics["top1"]
         if not self.writer:
             return
+        self.folder.write("the run's records", self.history.save_records)      # recorded before it is said
         ema_text = f", EMA top-1 {entry['ema_top1']:.4f} top-5 {entry['ema_top5']:.4f}" if self.ema else ""
         print(f"epoch {epoch}: val top-1 {metrics['top1']:.4f} top-5 {metrics['top5']:.4f} loss {metrics['loss']:.4f}"
               f"{ema_text} ({metrics['num_images']} images, {seconds:.1f} s){'  best so far' if improved else ''}",
               flush=True)
         if improved:
-            self.folder.save("best.ckpt", lambda path: checkpoint.save(
-                self.net, path, meta=dict(self.meta, epoch=epoch, metrics=metrics),
-                extra_params=list(self.ema.averages) if self.ema else None))
-        self.folder.write("the run's history", self.history.save)
+            self.save_best(entry)
+        self.folder.write("the run's curves", self.history.draw)
+
+    def save_best(self, entry: dict) -> None:
+        """``best.ckpt``: the network as it is now, the weights of the epoch ``entry`` records."""
+        metrics = {k: entry[k] for k in ("top1", "top5", "loss", "num_images")}
+        self.folder.save("best.ckpt", lambda path: checkpoint.save(
+            self.net, path, meta=dict(self.meta, epoch=entry["epoch"], metrics=metrics),
+            extra_params=list(self.ema.averages) if self.ema else None))
+
+    def catch_up(self, epoch: int) -> None:
+        """A run resumed from the checkpoint of epoch ``epoch``'s end finishes what a kill may have cut off after
+        that checkpoint: the epoch's evaluation (its record missing: evaluated again, the same figures), else
+        ``best.ckpt`` (when this epoch is the best recorded and best.ckpt holds another), the records' files and the
+        curves (when older than the records), the epoch checkpoints beyond ``--keep_checkpoint_max``."""
+        if epoch and not self.history.has_epoch(epoch):
+            self(epoch)
+        if not self.writer:
+            return
+        best = self.history.best()
+        best_path = os.path.join(self.folder.folder, "best.ckpt")
+        if best and best["epoch"] == epoch and best_epoch(best_path) != epoch:
+            self.save_best(best)
+        records = [os.path.join(self.folder.folder, name) for name in (TRAIN_FILE, VAL_FILE)]
+        curves = os.path.join(self.folder.folder, CURVES_FILE)
+        if self.history.val and not all(map(os.path.isfile, records)):
+            self.folder.write("the run's records", self.history.save_records)
+        if self.history.val and (not os.path.isfile(curves) or
+                                 os.path.getmtime(curves) < max(map(os.path.getmtime, records))):
+            self.folder.write("the run's curves", self.history.draw)
+        self.folder.prune()
+
+
+def best_epoch(path: str):
+    """The epoch ``best.ckpt`` at ``path`` holds, or None (absent or unreadable)."""
+    try:
+        return checkpoint.read(path)[1].get("epoch") if os.path.isfile(path) else None
+    except checkpoint.CheckpointError:
+        return None
 
 
 def resume_position(params: dict, meta: dict, steps: int, source: str):
@@ -249,10 +294,9 @@ def parse_args(argv):
     if args.pretrained and args.resume and args.resume != "auto":
         raise ValueError("give --pretrained or --resume, not both (--pretrained with --resume auto: fine-tune "
                          "from --pretrained unless --ckpt_save_dir holds a checkpoint to continue)")
-    for name in ("accumulation_steps", "sink_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} must be at least 1, not {value}")
+    if args.min_lr > args.lr:
+        raise ValueError(f"--min_lr {args.min_lr:g} is above --lr {args.lr:g}: the schedule decays from --lr to "
+                         "--min_lr")
     if args.parallel_optimizer and not args.distribute:
         raise ValueError("--parallel_optimizer shards the optimizer over the ranks of --distribute")
     return args
@@ -330,6 +374,7 @@ def build_network(args, run, splits, resume):
     options = dict(fused_kernels=None if run.amp_level == "O0" else False,   # the fused CPU kernels: float32 only
                    device_kernels=args.device_kernels, drop_rate=args.drop_rate, drop_path_rate=args.drop_path_rate)
     if path:
+        check_continues(args, splits, path, meta)
         net = build_model(None if "config" in meta else args.model, params, meta, path, splits.num_classes,
                           args.image_size, **options)
     else:
@@ -344,6 +389,35 @@ def build_network(args, run, splits, resume):
     if run.distributed:
         device.same_weights_as_rank0(net)
     return net
+
+
+ARCHITECTURE_OPTIONS = ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim")
+
+
+def check_continues(args, splits, path: str, meta: dict) -> None:
+    """A resumed command may change how the run trains (``--lr``, ``--epoch_size``...), not what it trains: an
+    architecture option, a class count or a training set that contradicts the checkpoint is an error naming it."""
+    if "config" not in meta:
+        return                                       # not written by train.py: nothing to contradict
+    saved = ViTConfig.from_dict(meta["config"])
+    asked = {name: (f"--{name} {getattr(args, name)}", getattr(args, name)) for name in ARCHITECTURE_OPTIONS
+             if getattr(args, name) is not None}
+    for name, value in VARIANTS.get(args.model, {}).items():
+        if name in ARCHITECTURE_OPTIONS:
+            asked.setdefault(name, (f"--model {args.model} ({name} {value})", value))
+    advice = (f": drop it to continue the run, or start a new one from it in another --ckpt_save_dir with "
+              f"--pretrained {path}")
+    for name, (option, value) in asked.items():
+        if value != getattr(saved, name):
+            raise ValueError(f"{option} contradicts {path}, a run of {checkpoint.describe(saved)} ({name} "
+                             f"{getattr(saved, name)}){advice}")
+    if splits.num_classes != saved.num_classes:
+        given = f"--num_classes {args.num_classes}" if args.num_classes else f"--data_dir {args.data_dir}'s " \
+            f"{splits.num_classes} class folders"
+        raise ValueError(f"{given} contradicts {path}, a run of {saved.num_classes} classes{advice}")
+    if meta.get("num_train", splits.num_train) != splits.num_train:
+        raise ValueError(f"--data_dir {args.data_dir} holds {splits.num_train} training images; {path} is a run on "
+                         f"{meta['num_train']}{advice}")
 
 
 def build_datasets(args, run, splits, config):
@@ -417,13 +491,13 @@ def starting_position(args, run, datasets, resume):
         run.folder.open()
     start_epoch, start_step = resume_position(params, meta, steps, path) if path else (0, 0)
     done_steps = start_epoch * steps + start_step
-    if start_epoch >= args.epoch_size:
-        raise ValueError(f"{path} already finished epoch {start_epoch} of --epoch_size {args.epoch_size}")
-    if done_steps:
+    files.set_run_position(f"step {done_steps}")
+    finished = start_epoch >= args.epoch_size
+    if done_steps and not finished:
         datasets.train.set_init_step(done_steps)     # MindSpore's pipeline recovery: the data order of the same step
     sink_size, sink_loop = sinking(args, run, steps, done_steps)
     return SimpleNamespace(start_epoch=start_epoch, start_step=start_step, done_steps=done_steps,
-                           sink_size=sink_size, sink_loop=sink_loop)
+                           sink_size=sink_size, sink_loop=sink_loop, finished=finished, records=meta.get("records"))
 
 
 def sinking(args, run, steps: int, done_steps: int):
@@ -448,20 +522,22 @@ def build_callbacks(args, run, net, splits, datasets, training, position):
             "train_config": {k: v for k, v in vars(args).items() if k != "config"}}
     if run.writer:
         write_config(args, os.path.join(args.ckpt_save_dir, "config.yaml"))
-    history = RunHistory(args.ckpt_save_dir, position.start_epoch, position.done_steps)
+    history = RunHistory(args.ckpt_save_dir, position.start_epoch, position.done_steps, position.records)
     progress = Progress(steps, args.epoch_size, datasets.global_batch, training.lrs, progress_interval(args, steps),
                         run.writer, history=history.train)
     keep_best = EvaluateAndKeepBest(net, datasets.val, history, steps, meta, run.folder, run.writer,
                                     across_ranks=run.distributed, ema=training.ema,
                                     num_images=-(-splits.num_val // run.group_size))
     guard = RunGuard(training.train_step, steps, training.lrs, position.done_steps, look_every=position.sink_size,
-                     across_ranks=run.distributed, on_look=[progress.update])
+                     across_ranks=run.distributed,
+                     on_look=[lambda look: files.set_run_position(f"step {look.done_steps}"), progress.update])
 
     def save_position() -> str:
         """The resumable checkpoint of where the run stands: vit-<epoch>_<steps done in it>.ckpt."""
         epoch, step = guard.position()
         require_finite(net, f"after epoch {epoch} step {step}")
-        where = dict(meta, epoch=epoch, global_step=guard.done_steps, steps_per_epoch=steps)
+        where = dict(meta, epoch=epoch, global_step=guard.done_steps, steps_per_epoch=steps,
+                     num_train=splits.num_train, records=history.records())
         complete = epoch if step == steps else epoch - 1
         return run.folder.save(f"vit-{epoch}_{step}.ckpt", lambda path: checkpoint.save(
             net, path, meta=where, extra_params=training.state,
@@ -470,7 +546,8 @@ def build_callbacks(args, run, net, splits, datasets, training, position):
     if run.writer:
         guard.on_epoch_end.append(lambda epoch: save_position())
     guard.on_epoch_end += [keep_best, progress.restart_window]
-    return SimpleNamespace(guard=guard, progress=progress, history=history, save_position=save_position)
+    return SimpleNamespace(guard=guard, progress=progress, history=history, save_position=save_position,
+                           keep_best=keep_best)
 
 
 def announce(args, run, net, splits, datasets, position) -> None:
@@ -488,6 +565,7 @@ def announce(args, run, net, splits, datasets, position) -> None:
 
 
 def main(argv=None):
+    stop_on_signal()                                               # until the run guard watches the steps
     args = parse_args(argv)
     run = start(args)                                              # device, ranks, AMP, the run folder
     splits = check_splits(args, run)                               # the data, checked
@@ -497,9 +575,25 @@ def main(argv=None):
     position = starting_position(args, run, datasets, resume)
     training = build_training(args, run, net, datasets, resume)    # the training step
     watch = build_callbacks(args, run, net, splits, datasets, training, position)
+    if position.done_steps and position.start_step == 0:           # resumed at an epoch's end
+        watch.keep_best.catch_up(position.start_epoch)              # what a kill after its checkpoint cut off
+    if position.finished:
+        return already_finished(args, run, watch.history)
     announce(args, run, net, splits, datasets, position)
     train(args, run, training.train_step, datasets.train, watch.guard, position, datasets.steps)
     return outcome(args, run, watch, position.start_epoch, datasets.steps)
+
+
+def already_finished(args, run, history) -> int:
+    """``--resume`` of a run that has done its epochs: nothing to train (a scheduler that restarts the command until
+    it succeeds stops here)."""
+    if run.writer:
+        best = history.best()
+        best_text = (f"; best val top-1 {best['top1']:.4f} top-5 {best['top5']:.4f} (epoch {best['epoch']}): "
+                     f"{os.path.join(args.ckpt_save_dir, 'best.ckpt')}" if best else "")
+        print(f"the run in {args.ckpt_save_dir} has already trained its {args.epoch_size} epochs{best_text}. To train "
+              f"it longer, raise --epoch_size (the learning-rate schedule then spans the new length)", flush=True)
+    return 0
 
 
 def train(args, run, train_step, train_ds, guard, position, steps):
@@ -545,7 +639,8 @@ def outcome(args, run, watch, start_epoch, steps) -> int:
     if guard.stop == "signal":
         if run.writer:
             path = watch.save_position()
-            run.folder.write("the run's history", history.save)
+            run.folder.write("the run's records", history.save_records)
+            run.folder.write("the run's curves", history.draw)
             print(f"interrupted by SIGINT/SIGTERM after epoch {epoch} step {step}/{steps}: resumable checkpoint "
                   f"{path}; continue with the same command and --resume auto", file=sys.stderr, flush=True)
         return 128 + guard.signum

@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from _peers import require
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODELS = {"b16": ("vit_b_16_224", "vit_base_patch16_224"), "ti16": ("vit_ti_16_224", "vit_tiny_patch16_224")}
@@ -127,6 +129,7 @@ def main():
     parser.add_argument("--images", type=int, nargs="+", default=[1, 20])
     parser.add_argument("--phases", action="store_true", help="also time the phases of one fresh ms_vit process")
     args = parser.parse_args()
+    require("torch", "timm", "safetensors")
     sys.path.insert(0, ROOT)
     with tempfile.TemporaryDirectory(prefix="ms_vit_cold_") as folder:
         ckpt, script, photos = prepare(folder, args.model)

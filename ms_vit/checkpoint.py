@@ -18,6 +18,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from .files import write_atomically
 from .vit import ARCHS, ViTConfig, config_name
 
 logger = logging.getLogger("ms_vit")
@@ -37,20 +38,24 @@ def save(net: nn.Cell, path: str, meta: Optional[dict] = None, extra_params=None
     ``extra_values``, a name -> int/float dict) with ``meta`` (at least ``{"config": ViTConfig.to_dict()}``) into
     ``path``, with a CRC that ``read`` checks.
 
-    Atomic: MindSpore writes ``<name>.tmp`` and renames it to ``path``, so ``path`` is complete or absent (the
-    previous version kept); a failed write (a full disk) removes the ``.tmp`` and raises ``OSError``."""
+    Atomic (``files.write_atomically``): ``path`` is complete or absent, the previous version kept until the new one
+    is complete (``mindspore.save_checkpoint`` alone removes it first); a failed write (a full disk) leaves no
+    temporary file and raises ``OSError``."""
     meta = dict(meta or {})
     meta.setdefault("config", net.config.to_dict())
     params = [{"name": p.name, "data": p} for p in net.get_parameters()]
     params += [{"name": p.name, "data": p} for p in (extra_params or [])]
-    try:
-        ms.save_checkpoint(params, path, append_dict=dict(extra_values or {}, **{META_KEY: json.dumps(meta)}),
-                           crc_check=True)
-    except BaseException:
-        partial = os.path.splitext(path)[0] + ".tmp"
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
+    append = dict(extra_values or {}, **{META_KEY: json.dumps(meta)})
+
+    def write(tmp):
+        try:
+            ms.save_checkpoint(params, tmp, append_dict=append, crc_check=True)
+        except BaseException:
+            partial = os.path.splitext(tmp)[0] + ".tmp"           # MindSpore's own temporary file
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
+    write_atomically(path, write)
 
 
 def read(path: str):

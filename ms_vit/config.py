@@ -35,11 +35,22 @@ def read_config(path: str, parser: argparse.ArgumentParser) -> dict:
     unknown = sorted(set(values) - set(valid))
     if unknown:
         raise ConfigError(f"config {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
-    choices = {a.dest: a.choices for a in parser._actions if a.choices}
-    for key, value in values.items():
-        if key in choices and value is not None and value not in choices[key]:
-            raise ConfigError(f"config {path}: {key} must be one of {', '.join(map(str, choices[key]))}, "
+    actions = {a.dest: a for a in parser._actions}
+    for key, value in list(values.items()):
+        action = actions[key]
+        if value is None:
+            continue
+        if action.choices and value not in action.choices:
+            raise ConfigError(f"config {path}: {key} must be one of {', '.join(map(str, action.choices))}, "
                               f"not {value!r}")
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and \
+                not isinstance(value, bool):
+            raise ConfigError(f"config {path}: {key} must be true or false, not {value!r}")
+        if callable(action.type):                   # the command line's own check (a number's range...)
+            try:
+                values[key] = action.type(value)
+            except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+                raise ConfigError(f"config {path}: {key} {exc}") from None
     return values
 
 

@@ -89,7 +89,11 @@ def setup(device_target: Optional[str] = None, mode: str = "graph", seed: Option
     rank, group_size = 0, 1
     if distribute:
         from mindspore.communication import get_group_size, get_rank, init
-        init()
+        try:
+            init()
+        except RuntimeError as exc:             # the scheduler (MS_SCHED), when a worker stopped on an error
+            raise ValueError(f"the distributed job stopped: {str(exc).splitlines()[0]} (each worker's own error "
+                             "is in its log)") from None
         rank, group_size = get_rank(), get_group_size()
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                      device_num=group_size)

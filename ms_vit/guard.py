@@ -26,6 +26,21 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 MAX_OVERFLOWS_IN_A_ROW = 32
 
 
+class Interrupted(Exception):
+    """SIGTERM/SIGINT before the run guard took over (``stop_on_signal``): nothing new to save; ``args[0]`` is the
+    signal's number."""
+
+
+def stop_on_signal() -> None:
+    """From now until a ``RunGuard`` starts watching a training run: SIGTERM/SIGINT raise ``Interrupted`` (a
+    pre-emption notice during the data check or the compilation ends the process at once, the files written so far
+    complete: every write is atomic)."""
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+    for sig in _SIGNALS:
+        signal.signal(sig, interrupt)
+
+
 class RunStopped(Exception):
     """A run stopped by a fault (a non-finite loss, a failed save, a failing pipeline): the entry scripts print
     ``error: <message>`` and exit with status 1."""

@@ -5,7 +5,9 @@
 * ``val_history.json``: ``{"epoch", "step", "top1", "top5", "loss", "num_images"}`` after every epoch;
 * ``curves.png``: both drawn (``ms_vit.plots.plot_curves``), redrawn after every epoch.
 
-Files are replaced atomically: an interrupted run leaves the previous complete version.
+The records are written first (``save_records``), then the picture (``draw``): drawing (matplotlib's import alone
+takes seconds on a cold start) never delays a record. Files are replaced atomically: an interrupted run leaves the
+previous complete version.
 """
 import json
 import os
@@ -20,9 +22,18 @@ def _read(path: str) -> List[dict]:
     try:
         with open(path) as f:
             entries = json.load(f)
-        return entries if isinstance(entries, list) else []
-    except (OSError, ValueError):
+        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    except (OSError, ValueError, RecursionError):
         return []
+
+
+def _merge(recorded: List[dict], written: List[dict], key: str, last: int) -> List[dict]:
+    """The entries of both lists up to ``key`` = ``last``, one per ``key`` (``recorded``'s first), in order."""
+    entries = {}
+    for entry in recorded + written:
+        if isinstance(entry.get(key), int) and entry[key] <= last:
+            entries.setdefault(entry[key], entry)
+    return [entries[k] for k in sorted(entries)]
 
 
 def write_json(value, path: str) -> None:
@@ -33,28 +44,49 @@ def write_json(value, path: str) -> None:
 
 
 class RunHistory:
-    """The run's records in ``folder``; a resumed run keeps the entries up to where it resumes.
+    """The run's records in ``folder``. A resumed run starts from the records its checkpoint carries (``recorded``:
+    ``records()`` as saved in it), completed by the files' records up to where it resumes (the evaluation of the
+    checkpoint's epoch, written after it); the later entries, of steps it runs again, are recorded again as it runs
+    them.
 
     Args:
         folder: ``--ckpt_save_dir``.
         resumed_epoch: the epochs complete where a resumed run continues (0: a new run, nothing kept).
         resumed_step: the global steps done there (more than ``resumed_epoch``'s when resumed mid-epoch).
+        recorded: the records the resumed checkpoint carries, if any.
     """
 
-    def __init__(self, folder: str, resumed_epoch: int = 0, resumed_step: int = 0):
+    def __init__(self, folder: str, resumed_epoch: int = 0, resumed_step: int = 0, recorded: Optional[dict] = None):
         self.folder = folder
         self.train: List[dict] = []
         self.val: List[dict] = []
         if resumed_step:
-            self.train = [h for h in _read(os.path.join(folder, TRAIN_FILE)) if h.get("step", 0) <= resumed_step]
-            self.val = [h for h in _read(os.path.join(folder, VAL_FILE)) if h.get("epoch", 0) <= resumed_epoch]
+            recorded = recorded or {}
+            self.train = _merge(recorded.get("train", []), _read(os.path.join(folder, TRAIN_FILE)), "step",
+                                resumed_step)
+            self.val = _merge(recorded.get("val", []), _read(os.path.join(folder, VAL_FILE)), "epoch", resumed_epoch)
+
+    def records(self) -> dict:
+        """What a checkpoint carries: ``{"train": [...], "val": [...]}``."""
+        return {"train": self.train, "val": self.val}
 
     def best(self) -> Optional[dict]:
         """The epoch with the best top-1 so far (the first of equals), or None."""
         return max(self.val, key=lambda h: h["top1"], default=None)
 
-    def save(self) -> None:
-        from .plots import plot_curves
+    def has_epoch(self, epoch: int) -> bool:
+        return any(h.get("epoch") == epoch for h in self.val)
+
+    def save_records(self) -> None:
+        """``train_history.json`` and ``val_history.json``."""
         write_json(self.train, os.path.join(self.folder, TRAIN_FILE))
         write_json(self.val, os.path.join(self.folder, VAL_FILE))
+
+    def draw(self) -> None:
+        """``curves.png``."""
+        from .plots import plot_curves
         plot_curves(self.train, self.val, os.path.join(self.folder, CURVES_FILE))
+
+    def save(self) -> None:
+        self.save_records()
+        self.draw()

@@ -15,7 +15,7 @@ import os
 import re
 from typing import List, Optional, Tuple
 
-from . import checkpoint
+from . import checkpoint, files
 from .guard import RunStopped
 
 logger = logging.getLogger("ms_vit")
@@ -37,28 +37,28 @@ class RunFolder:
         self._lock_fd: Optional[int] = None
 
     def check_writable(self) -> None:
-        """Prove, without leaving a trace, that the folder can be created and written: a file is created and
-        removed in it, or in its nearest existing parent. Raises ``RunFolderError``."""
+        """Prove, without leaving a trace, that the folder can be created and written: a new file is created and
+        removed in it, or in its nearest existing parent. A folder that belongs to another user is refused: its
+        checkpoints could be anyone's. Raises ``RunFolderError``."""
         parent = os.path.abspath(self.folder)
-        while not os.path.exists(parent):
+        while not os.path.lexists(parent):
             parent = os.path.dirname(parent)
+        if os.path.isdir(self.folder) and files.foreign_owner(self.folder):
+            raise RunFolderError(f"--ckpt_save_dir {self.folder} belongs to another user: its checkpoints are not "
+                                 "yours to resume or replace; choose a folder of your own")
         try:
             if not os.path.isdir(parent):
                 raise NotADirectoryError(20, "Not a directory")
-            probe = os.path.join(parent, f".ms_vit-write-test-{os.getpid()}")
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.remove(probe)
+            files.probe_writable(parent)
         except OSError as exc:
             raise RunFolderError(f"cannot write to --ckpt_save_dir {self.folder}: {exc.strerror}") from None
 
     def open(self) -> "RunFolder":
-        """Create the folder, take the lock, and remove what a killed run left half-written. Raises
-        ``RunFolderError``."""
-        self.check_writable()
+        """Create the folder (``check_writable`` first), take the lock, and remove what a killed run left
+        half-written. Raises ``RunFolderError``."""
         try:
             os.makedirs(self.folder, exist_ok=True)
-            fd = os.open(os.path.join(self.folder, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            fd = files.open_lock(os.path.join(self.folder, ".lock"))
         except OSError as exc:
             raise RunFolderError(f"cannot write to --ckpt_save_dir {self.folder}: {exc.strerror}") from None
         try:
@@ -107,9 +107,13 @@ class RunFolder:
         path = os.path.join(self.folder, name)
         self.write(path, lambda: save(path))
         if _CHECKPOINT.match(name):
-            for *_, old in self.checkpoints()[:-self.keep]:
-                os.remove(old)
+            self.prune()
         return path
+
+    def prune(self) -> None:
+        """Remove the epoch checkpoints beyond the ``keep`` newest."""
+        for *_, old in self.checkpoints()[:-self.keep]:
+            files.remove(old)
 
     def write(self, what: str, write) -> None:
         """``write()``; an ``OSError`` (a full disk) becomes ``RunStopped`` naming ``what`` and the intact files."""

@@ -12,7 +12,7 @@ TINY_ARGS = ["--model", "vit_ti_16_224", "--image_size", "32", "--patch_size", "
 def run_script(*args, cwd=ROOT, timeout=600, env=None):
     """Run ``python <args>`` in the project root (``env``: variables added); returns the CompletedProcess (text
     output)."""
-    env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+    env = dict(dict(os.environ, PYTHONPATH=ROOT), **(env or {}))
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
