@@ -58,6 +58,14 @@ def _cpu_signature():
         return ""
 
 
+def library_path():
+    """Where the library of these sources, flags and CPU is cached (its name is public: anyone can compute it,
+    which is why its folder must be the user's own)."""
+    source = b"".join(open(path, "rb").read() for path in _SOURCES + _HEADERS)
+    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
+    return os.path.join(_cache_dir(), f"ms_vit_kernels-{key}.so")
+
+
 @functools.cache          # compiled (or found in the cache) once per process
 def compiled_library():
     """Path of the compiled kernel library, or None if it cannot be built here.
@@ -70,9 +78,7 @@ def compiled_library():
     if compiler is None:
         logger.info("ms_vit: no C++ compiler found; the model runs on MindSpore's (slower) CPU operators")
         return None
-    source = b"".join(open(path, "rb").read() for path in _SOURCES + _HEADERS)
-    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
-    target = os.path.join(_cache_dir(), f"ms_vit_kernels-{key}.so")
+    target = library_path()
     try:
         private_cache("kernels")
         if _verified(target):
