@@ -43,9 +43,9 @@ def check_url(url: str, allow_http: bool) -> None:
     if scheme == "https" or scheme == "file" or (scheme == "http" and allow_http):
         return
     if scheme == "http":
-        raise DownloadError(f"{url} is plain http: ms_vit downloads over https only (set {ALLOW_HTTP}=1 to allow "
-                            "a local http mirror you trust)")
-    raise DownloadError(f"{url}: not an https:// or file:// URL")
+        raise DownloadError(f"the URL is plain http: ms_vit downloads over https only (set {ALLOW_HTTP}=1 to "
+                            "allow a local http mirror you trust)")
+    raise DownloadError(f"{scheme or 'no'} scheme: not an https:// or file:// URL")
 
 
 class _StayOnHttps(urllib.request.HTTPRedirectHandler):
