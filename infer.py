@@ -19,7 +19,7 @@ import sys
 import mindspore as ms
 import numpy as np
 
-from ms_vit import cli, compile_cache, data, device
+from ms_vit import cli, compile_cache, data, device, mindir
 from ms_vit.evaluate import softmax
 from ms_vit.factory import INFERENCE
 from ms_vit.render import render_label
@@ -55,7 +55,8 @@ def class_names_for(net):
 
 class ExportedModel:
     """A MINDIR written by export.py, run with ``mindspore.load`` + ``nn.GraphCell``; its JSON gives the
-    preprocessing and the class names."""
+    preprocessing and the class names. A MINDIR holding operators that load or run code (Custom/AOT, PyFunc...) is
+    refused before it is loaded (``ms_vit.mindir``)."""
 
     def __init__(self, path: str):
         from mindspore import nn
@@ -71,6 +72,7 @@ class ExportedModel:
         self.config = ViTConfig.from_dict(info["config"])
         self.class_names = info["class_names"]
         self.batch = info["input"]["shape"][0]              # an int, or "batch": any
+        mindir.check_no_code(path)                          # before ms.load: a Custom/AOT node would load its .so
         try:
             self.graph = nn.GraphCell(ms.load(path))
         except (RuntimeError, ValueError) as exc:

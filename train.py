@@ -25,7 +25,7 @@ import numpy as np
 from mindspore import nn
 from mindspore.train import Model
 
-from ms_vit import amp, checkpoint, cli, create_model, data, device, files, sink, weights
+from ms_vit import amp, checkpoint, cli, create_model, data, device, fault_points, sink, weights
 from ms_vit.augment import Mixup
 from ms_vit.config import parse_with_config, write_config
 from ms_vit.evaluate import evaluate
@@ -202,7 +202,7 @@ class EvaluateAndKeepBest:
         return metrics
 
     def __call__(self, epoch: int):
-        files.fault_point("evaluate")
+        fault_points.fault_point("evaluate")
         start = time.time()
         metrics = self.evaluate()
         entry = dict(metrics, epoch=epoch, step=epoch * self.steps_per_epoch)
@@ -491,7 +491,7 @@ def starting_position(args, run, datasets, resume):
         run.folder.open()
     start_epoch, start_step = resume_position(params, meta, steps, path) if path else (0, 0)
     done_steps = start_epoch * steps + start_step
-    files.set_run_position(f"step {done_steps}")
+    fault_points.set_run_position(f"step {done_steps}")
     finished = start_epoch >= args.epoch_size
     if done_steps and not finished:
         datasets.train.set_init_step(done_steps)     # MindSpore's pipeline recovery: the data order of the same step
@@ -530,7 +530,7 @@ def build_callbacks(args, run, net, splits, datasets, training, position):
                                     num_images=-(-splits.num_val // run.group_size))
     guard = RunGuard(training.train_step, steps, training.lrs, position.done_steps, look_every=position.sink_size,
                      across_ranks=run.distributed,
-                     on_look=[lambda look: files.set_run_position(f"step {look.done_steps}"), progress.update])
+                     on_look=[lambda look: fault_points.set_run_position(f"step {look.done_steps}"), progress.update])
 
     def save_position() -> str:
         """The resumable checkpoint of where the run stands: vit-<epoch>_<steps done in it>.ckpt."""

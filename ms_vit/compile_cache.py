@@ -8,6 +8,10 @@ instead (1.9 s). MindSpore's own check is not enough to reuse it safely: it does
 ``$MS_VIT_CACHE/graphs/<key>`` (default ``~/.cache/ms_vit``), the key a hash of everything the graph depends on:
 ms_vit's source files (model, layers, fused kernels), MindSpore's version, the model's config, the fused-kernel
 switch, the device, and the input shape. A change to any of them compiles afresh into a new folder.
+
+A compiled graph is code MindSpore runs: the folders and every file in them must be the user's own
+(``files.check_private_tree``: owned by the user, writable by no one else, no symbolic links), or the cache is not
+used (one warning; the graph is compiled in memory as without a cache).
 """
 import glob
 import hashlib
@@ -17,7 +21,7 @@ import os
 
 import mindspore as ms
 
-from .files import cache_root
+from .files import CacheError, check_private_tree, private_cache
 
 logger = logging.getLogger("ms_vit")
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
@@ -44,12 +48,16 @@ def enable(net, batch_size: int) -> str:
     """Turn MindSpore's compile cache on for ``net``'s forward graph on batches of ``batch_size`` images (graph
     mode); returns the folder, or "" when the cache folder cannot be written (then every process compiles)."""
     c = net.config
-    folder = os.path.join(cache_root(), "graphs",
-                          graph_key(net, (batch_size, c.in_channels, c.image_size, c.image_size)))
+    key = graph_key(net, (batch_size, c.in_channels, c.image_size, c.image_size))
     try:
-        os.makedirs(folder, exist_ok=True)
+        folder = private_cache("graphs", key)
+        check_private_tree(folder)
+    except CacheError as exc:
+        logger.warning(f"no graph compile cache: {exc}")
+        return ""
     except OSError as exc:
-        logger.warning(f"no graph compile cache ({folder}: {exc.strerror}); set MS_VIT_CACHE to a writable folder")
+        logger.warning(f"no graph compile cache ({exc.filename}: {exc.strerror}); set MS_VIT_CACHE to a writable "
+                       "folder")
         return ""
     ms.set_context(enable_compile_cache=True, compile_cache_path=folder)
     return folder

@@ -1,29 +1,21 @@
-"""Writing files so that a reader (or a resumed run) never sees a half-written one; where caches go; the write
-points a crash-consistency test stops a process at.
+"""Writing files so that a reader (or a resumed run) never sees a half-written one, each write a write point
+(``ms_vit.fault_points``); where caches go, and that they are the user's own.
 
-Every file ms_vit writes for a training run passes through ``write_atomically`` (or ``remove`` / ``open_lock``),
-which name each write and call ``fault_point`` just before and just after it. ``fault_point`` is where a test makes
-a process die or receive a signal at an exact write, instead of at a guessed time (``MS_VIT_FAULT``), and where the
-writes are logged in order (``MS_VIT_WRITE_LOG``); with neither variable set it does nothing.
-
-* ``MS_VIT_WRITE_LOG=FILE``: append one line per point reached, ``<side> <label>`` (side ``before``/``after``;
-  run events such as ``evaluate`` have the side ``at``).
-* ``MS_VIT_FAULT=kill|term``: once per process, at the point ``MS_VIT_FAULT_AT`` names exactly (``at evaluate@step
-  10``), or else at the first write point (``before``/``after``) that is not a line of the file ``MS_VIT_FAULT_SKIP``
-  (the points a sweep has covered), note the point in the file ``MS_VIT_FAULT_HIT`` and act: ``kill`` sends the
-  process SIGKILL (no clean-up of any kind), ``term`` sends it SIGTERM and goes on (as a pre-emption notice).
-  ``MS_VIT_FAULT_RANK`` restricts it to one rank under msrun.
-
-A label is the file's base name (or the event's name) and where the run is, ``val_history.json@step 10``:
-``set_run_position`` keeps the latter (train.py sets it as steps are done), so the labels of a run are the same in
-a process that resumes it.
-"""
+What ms_vit finds in its cache it runs (the compiled kernel library) or trusts (weights verified earlier, compiled
+graphs, the image check's records), so a cache folder or file counts only when it is the user's: owned by the user
+running ms_vit, writable by no one else, and not a symbolic link (``os.lstat``: a link is refused, not followed).
+The cache folders ms_vit creates are created ``0700``. Anything else is refused with ``CacheError``, one line naming
+the path and the fix."""
 import os
-import signal
+import stat
 import tempfile
 from typing import Callable
 
-_position = "start"
+from .fault_points import fault_point
+
+
+class CacheError(RuntimeError):
+    """A cache folder or file that is not the user's own (see the module docstring); the message says which."""
 
 
 def cache_root() -> str:
@@ -31,50 +23,66 @@ def cache_root() -> str:
     return os.environ.get("MS_VIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ms_vit"))
 
 
-def set_run_position(position: str) -> None:
-    """Where the run is (``"step 10"``), part of the label of every later write point."""
-    global _position
-    _position = position
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
 
 
-def fault_point(name: str, side: str = "at") -> None:
-    """A point where a test may stop this process (see the module docstring); ``name``: the file or event."""
-    point = f"{side} {name}@{_position}"
-    log = os.environ.get("MS_VIT_WRITE_LOG")
-    if log:
-        with open(log, "a") as f:
-            f.write(point + "\n")
-    action = os.environ.get("MS_VIT_FAULT")
-    if not action or os.environ.get("MS_VIT_FAULT_RANK", str(_rank())) != str(_rank()):
-        return
-    target = os.environ.get("MS_VIT_FAULT_AT")
-    if target is not None and point != target:
-        return
-    if target is None:                                    # the first write point not yet covered
-        skip = os.environ.get("MS_VIT_FAULT_SKIP", "")
-        if side == "at" or (os.path.isfile(skip) and point in _lines(skip)):
-            return
-    hit = os.environ.get("MS_VIT_FAULT_HIT")
-    if hit:
-        with open(hit, "a") as f:
-            f.write(point + "\n")
-    del os.environ["MS_VIT_FAULT"]                        # once per process
-    os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGTERM)
+def check_private(path: str, folder: bool = False) -> None:
+    """Raise ``CacheError`` unless ``path`` is a folder (``folder``) or regular file that the current user owns and
+    that neither its group nor others can write; a symbolic link is refused (``os.lstat``: not followed)."""
+    info = os.lstat(path)
+    problem = None
+    if stat.S_ISLNK(info.st_mode):
+        problem = "is a symbolic link (ms_vit follows none in its cache)"
+    elif folder and not stat.S_ISDIR(info.st_mode):
+        problem = "is not a folder"
+    elif not folder and not stat.S_ISREG(info.st_mode):
+        problem = "is not a regular file"
+    elif info.st_uid != os.geteuid():
+        problem = f"belongs to {_owner(info.st_uid)}, not to you"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"can be written by {'its group' if info.st_mode & stat.S_IWGRP else 'others'} " \
+                  f"(mode {stat.S_IMODE(info.st_mode):o})"
+    if problem:
+        raise CacheError(f"the cache {'folder' if folder else 'file'} {path} {problem}: ms_vit trusts only a cache "
+                         "of your own; remove it, or set MS_VIT_CACHE to a folder of yours that only you can write")
 
 
-def _lines(path: str) -> set:
-    with open(path) as f:
-        return {line.rstrip("\n") for line in f}
+def private_cache(*parts: str) -> str:
+    """``$MS_VIT_CACHE/<parts>``: created where missing (each new folder ``0700``), and the root and each folder
+    below it checked with ``check_private``. Raises ``CacheError``, or ``OSError`` when it cannot be created."""
+    root = cache_root()
+    folders = [root] + [os.path.join(root, *parts[:i + 1]) for i in range(len(parts))]
+    for folder in folders:
+        if not os.path.lexists(folder):
+            os.makedirs(os.path.dirname(folder) or ".", mode=0o700, exist_ok=True)
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:                     # another process made it meanwhile: checked below
+                pass
+        check_private(folder, folder=True)
+    return folders[-1]
+
+
+def check_private_tree(folder: str) -> None:
+    """``check_private`` on ``folder`` and everything below it (a cache entry written by another program, such as
+    MindSpore's compiled graphs)."""
+    check_private(folder, folder=True)
+    for parent, folders, files in os.walk(folder):
+        for name in folders:
+            check_private(os.path.join(parent, name), folder=True)
+        for name in files:
+            check_private(os.path.join(parent, name))
 
 
 def _umask() -> int:
     mask = os.umask(0o22)
     os.umask(mask)
     return mask
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK_ID", os.environ.get("MS_NODE_ID", "0")) or 0)
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:

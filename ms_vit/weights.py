@@ -12,13 +12,24 @@ name, source, variant, image size, layout, preprocessing, top-1/top-5 as publish
 licence); ``MS_VIT_WEIGHTS_TABLE`` names more tables in the same columns (your own weight sets, your own mirror).
 
 A download goes into a temporary file beside its cache entry (``$MS_VIT_CACHE/weights/<name>/<file>``, default
-``~/.cache/ms_vit``) and is renamed only after it is verified: the whole file's sha256 where the publisher gives it;
-the 8 hex digits of the sha256 in mindcv's and torch hub's file names; always, that the file reads in its layout and
-holds the variant its name says. Its sha256 is then recorded (``<file>.sha256``) and checked at every later use. A
-cut or corrupted download is named and removed; an entry that is there is not downloaded again; SSL is always
-verified. Offline: one line naming the URL and the path to put a file fetched by other means. Mirrors: each host's
-base URL can be replaced by one environment variable (``HOSTS``): ``HF_ENDPOINT`` for Hugging Face (its own
-convention), ``MS_VIT_MINDSPORE_MIRROR`` for MindSpore's download hosts.
+``~/.cache/ms_vit``) and is renamed only after it is verified; nothing is loaded that is not pinned by a full sha256:
+
+* the row's own sha256 (the publisher's, recorded in the table with where it comes from: docs/weights.md);
+* or the one you give: ``NAME@sha256:<64 hex digits>`` wherever a name is taken (``--pretrained``,
+  ``create_model``, ``python -m ms_vit.weights download``);
+* or, for a row without one, trust on first use when you ask for it (``MS_VIT_TRUST_ON_FIRST_USE=1``): the file the
+  server sends is accepted, and the sha256 recorded is printed for you to compare or pin.
+
+A row without a sha256 is otherwise refused before anything is downloaded. The 8 hex digits of the sha256 in
+mindcv's and torch hub's file names (a 32-bit check, forgeable) and the file's layout and shapes (it reads in its
+layout and holds the variant its name says) are checked too, never instead. The sha256 is then recorded
+(``<file>.sha256``) and checked at every later use; the cache folder and files must be the user's own
+(``files.check_private``). A cut or corrupted download is named and removed; an entry that is there is not
+downloaded again. Transport (``ms_vit.downloads``): https only, certificates verified, redirects never leave https,
+30 s without data ends a download. Offline: one line naming the URL and the path to put a file fetched by other
+means. Mirrors: each host's base URL can be replaced by one environment variable (``HOSTS``): ``HF_ENDPOINT`` for
+Hugging Face (its own convention), ``MS_VIT_MINDSPORE_MIRROR`` for MindSpore's download hosts; a mirror must be
+https (``MS_VIT_ALLOW_HTTP_MIRROR=1`` allows a local http one).
 """
 import csv
 import dataclasses
@@ -28,11 +39,13 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from typing import Dict, List, Optional
 
 from . import convert
 from .checkpoint import CheckpointError, config_from_shapes
-from .files import cache_root
+from .downloads import DownloadError, download
+from .files import CacheError, cache_root, check_private, private_cache, write_atomically
 from .vit import VARIANTS
 
 TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights.tsv")
@@ -49,6 +62,8 @@ HOSTS = {
 SOURCE_LAYOUTS = {"mindvision": ("mindspore_tutorial", "mindvision"), "mindcv": ("mindcv", "mindcv_v0_2"),
                   "model_zoo": ("model_zoo",), "timm": ("timm",), "jax": ("jax",), "torchvision": ("torchvision",)}
 _HASH_PREFIX = re.compile(r"-([0-9a-f]{8})(?:-[^/]*)?\.(?:ckpt|pth|pt|bin)$")     # mindcv, torch hub file names
+_PINNED = re.compile(r"^(?P<name>[^@]+)@sha256:(?P<sha256>[0-9a-fA-F]{64})$")      # NAME@sha256:<hex>
+TRUST_ON_FIRST_USE = "MS_VIT_TRUST_ON_FIRST_USE"
 _COLUMNS = ("name", "source", "variant", "image_size", "layout", "preprocess", "crop_pct", "top1", "top5", "url",
             "sha256", "licence")
 
@@ -131,7 +146,16 @@ def registry() -> Dict[str, WeightSet]:
 
 
 def find(name: str) -> WeightSet:
-    """The weight set ``name`` names: a full name, or a variant / timm architecture (its first weight set)."""
+    """The weight set ``name`` names: a full name, or a variant / timm architecture (its first weight set);
+    ``NAME@sha256:<hex>`` pins it to the file with that sha256."""
+    pinned = _PINNED.match(name)
+    if pinned:
+        entry, given = find(pinned.group("name")), pinned.group("sha256").lower()
+        if entry.sha256 and entry.sha256 != given:
+            raise WeightsError(f"{name}: the sha256 given is not the one published for {entry.name} ({entry.sha256})")
+        return dataclasses.replace(entry, sha256=given)
+    if "@" in name:
+        raise WeightsError(f"{name!r}: pin a weight set as NAME@sha256:<its 64 hex digits>")
     table = registry()
     if name in table:
         return table[name]
@@ -187,83 +211,106 @@ def _check(entry: WeightSet, path: str, digest: str) -> None:
                            f"{entry.image_size} px")
 
 
+def trust(entry: WeightSet) -> str:
+    """How a file of ``entry`` is trusted: ``"sha256"`` (published or given) or ``"first use"`` (asked for); raises
+    ``WeightsError`` saying how to proceed when neither."""
+    if entry.sha256:
+        return "sha256"
+    if os.environ.get(TRUST_ON_FIRST_USE, "0") == "1":
+        return "first use"
+    raise WeightsError(f"{entry.name} has no published sha256, so its download cannot be verified: give the sha256 "
+                       f"you expect as {entry.name}@sha256:<64 hex digits>, or set {TRUST_ON_FIRST_USE}=1 to accept "
+                       "the file the server sends and record its sha256 (docs/security.md)")
+
+
+def _cache_folder(entry: WeightSet) -> str:
+    try:
+        return private_cache("weights", entry.name)
+    except CacheError as exc:
+        raise WeightsError(str(exc)) from None
+    except OSError as exc:
+        raise WeightsError(f"cannot write the weights cache {os.path.dirname(entry.path)}: {exc.strerror}; set "
+                           "MS_VIT_CACHE to a writable folder") from None
+
+
+def _private(path: str) -> None:
+    try:
+        check_private(path)
+    except CacheError as exc:
+        raise WeightsError(str(exc)) from None
+
+
 def fetch(entry: WeightSet) -> str:
     """The path of the weight set's verified file, downloaded first if it is not cached (see the module
     docstring)."""
+    _cache_folder(entry)
     path, record = entry.path, entry.path + ".sha256"
-    if os.path.isfile(path):
+    if os.path.lexists(path):
+        _private(path)
         digest = sha256_of(path)
-        if os.path.isfile(record):
+        if os.path.lexists(record):
+            _private(record)
             with open(record) as f:
-                if f.read().strip() == digest:
-                    return path
+                recorded = f.read().strip()
+            if recorded == digest and entry.sha256 and digest != entry.sha256:
+                raise WeightsError(f"{path} is not {entry.name}: sha256 {digest}, published {entry.sha256}; remove "
+                                   "it and its .sha256")
+            if recorded == digest:
+                return path
             print(f"{path} changed since it was verified (sha256 {digest}): removed; downloading it again",
                   file=sys.stderr)
             os.remove(path)
         else:                                               # placed by hand: verified as a download is
+            how = trust(entry)
             try:
                 _check(entry, path, digest)
             except WeightsError as exc:
                 raise WeightsError(f"{path} is not {entry.name}: {exc}; remove it or replace it") from None
-            _record(record, digest)
+            _record(entry, record, digest, how)
             return path
-    _download(entry, path)
-    _record(record, sha256_of(path))
+    how = trust(entry)
+    _record(entry, record, _download(entry, path), how)
     return path
 
 
-def _record(path: str, digest: str) -> None:
-    from .files import write_atomically
-
+def _record(entry: WeightSet, path: str, digest: str, how: str) -> None:
     def write(tmp):
         with open(tmp, "w") as f:
+            os.chmod(tmp, 0o644)                   # readable, writable by the user alone whatever the umask
             f.write(digest + "\n")
     write_atomically(path, write)
+    if how == "first use":
+        print(f"{entry.name}: trusted on first use ({TRUST_ON_FIRST_USE}=1); its sha256 {digest} is recorded in "
+              f"{path}: compare it with the publisher's, or pin it as {entry.name}@sha256:{digest}", file=sys.stderr)
 
 
-def _download(entry: WeightSet, path: str) -> None:
-    """Download into a folder beside ``path``, verify, then rename into place; remove everything on failure."""
-    from download import download
+def _download(entry: WeightSet, path: str) -> str:
+    """Download into a folder beside ``path``, verify, then rename into place; remove everything on failure.
+    Returns the file's sha256."""
     url = entry.download_url
-    staging = os.path.join(os.path.dirname(path), f".download-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        os.makedirs(staging)
-    except OSError as exc:
-        raise WeightsError(f"cannot write the weights cache {os.path.dirname(path)}: {exc.strerror}; set "
-                           "MS_VIT_CACHE to a writable folder") from None
+    staging = tempfile.mkdtemp(prefix=".download-", dir=os.path.dirname(path))
     part = os.path.join(staging, entry.file_name)
     try:
         try:
-            download(url, part, progressbar=progress_bar(), replace=True, timeout=30.0, verbose=False)
-        except Exception as exc:                      # URLError/HTTPError/socket errors, wrapped by `download`
-            raise WeightsError(_download_failure(entry, url, path, exc)) from None
+            digest = download(url, part, label=entry.name)
+        except DownloadError as exc:
+            raise WeightsError(_download_failure(entry, url, path, str(exc))) from None
+        os.chmod(part, 0o644)
         try:
-            _check(entry, part, sha256_of(part))
+            _check(entry, part, digest)
         except WeightsError as exc:
             raise WeightsError(f"the download of {entry.name} from {url} is damaged or not the published file: "
                                f"{exc}. It was removed; try again, or place the right file at {path}") from None
         os.replace(part, path)
+        return digest
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def progress_bar() -> bool:
-    return sys.stderr.isatty()
-
-
-def _download_failure(entry: WeightSet, url: str, path: str, exc: Exception) -> str:
-    text = " ".join(str(exc).split())
-    cut = re.search(r"File size is (\d+) and should be (\d+)", text)
-    if cut:
-        return (f"the download of {entry.name} from {url} was cut off ({int(cut.group(1)):,} of "
-                f"{int(cut.group(2)):,} bytes) and removed: try again, or fetch the file by other means and place "
-                f"it at {path}")
-    status = re.search(r"HTTP Error (\d+)[^:]*:?\s*([A-Za-z ]*)", text)
-    if status:
-        reason = f"HTTP {status.group(1)} {status.group(2).strip()}".strip()
-    else:
-        reason = (re.search(r"<urlopen error (.+?)>", text) or re.search(r"(.+)", text or type(exc).__name__)).group(1)
+def _download_failure(entry: WeightSet, url: str, path: str, reason: str) -> str:
+    if reason.startswith("cut off"):
+        return (f"the download of {entry.name} from {url} was {reason} and removed: try again, or fetch the file by "
+                f"other means and place it at {path}")
     variable = next((v for h, v in HOSTS.items() if entry.url.startswith(h + "/")), None)
     mirror = f", or point {variable} at a mirror" if variable else ""
     return (f"cannot download {entry.name} from {url} ({reason}): fetch that file by other means and place it at "
@@ -272,7 +319,9 @@ def _download_failure(entry: WeightSet, url: str, path: str, exc: Exception) -> 
 
 def describe(entry: WeightSet) -> str:
     scores = " / ".join(f"{v:.2f} %" for v in (entry.top1, entry.top5) if v is not None) or "not published"
-    checksum = entry.sha256 or (entry.hash_prefix + "... (file name)" if entry.hash_prefix else "none published")
+    checksum = entry.sha256 or (f"none published (the file name's {entry.hash_prefix}... is a 32-bit check only)"
+                                if entry.hash_prefix else "none published") + \
+        f": refused unless pinned ({entry.name}@sha256:<hex>) or {TRUST_ON_FIRST_USE}=1"
     return "\n".join([
         f"{entry.name}: {entry.variant} at {entry.image_size} px from {entry.source} ({entry.layout} layout)",
         f"  ImageNet-1k top-1 / top-5 as published: {scores}",
@@ -302,15 +351,21 @@ def main(argv=None) -> int:
         if not args.words:
             print(listing())
         elif args.words[0] == "download":
+            if len(args.words) == 1:
+                raise WeightsError("download needs one or more names: python -m ms_vit.weights download NAME "
+                                   "[NAME ...] (python -m ms_vit.weights lists them)")
             for name in args.words[1:]:
                 entry = find(name)
                 print(f"{entry.name}: {fetch(entry)}")
         else:
             for name in args.words:
                 print(describe(find(name)))
+        sys.stdout.flush()
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:              # `python -m ms_vit.weights | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

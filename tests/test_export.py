@@ -143,3 +143,30 @@ def test_bad_inputs_give_one_clear_line(trained_ckpt, tmp_path):
                        "AIR files are written on Ascend only")
     assert_clean_error(run_script("infer.py", "--ckpt_path", str(tmp_path / "none.mindir"), str(blocker)),
                        "model not found")
+
+
+def test_infer_refuses_a_mindir_that_loads_code(trained_ckpt, imagenet_sample, tmp_path):
+    """A MINDIR holding Custom/AOT nodes (exported here from the model on ms_vit's fused CPU kernels) names a shared
+    library that ``mindspore.load`` + ``GraphCell`` would dlopen: refused before it is loaded. export.py's own
+    MINDIR (MindSpore's operators only) is accepted; a file that is not a MINDIR is named."""
+    import glob
+    import shutil
+
+    from ms_vit import create_model, mindir
+    run = run_script("export.py", "--ckpt_path", trained_ckpt, "--output", str(tmp_path / "plain"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    mindir.check_no_code(str(tmp_path / "plain.mindir"))
+    assert "Custom" not in mindir.operator_counts(str(tmp_path / "plain.mindir"))
+    net = create_model(checkpoint_path=trained_ckpt, fused_kernels=True)
+    assert net.fused_kernels
+    net.set_train(False)
+    ms.export(net, ms.Tensor(images(1)), file_name=str(tmp_path / "fused"), file_format="MINDIR")
+    assert mindir.operator_counts(str(tmp_path / "fused.mindir"))["Custom"] >= 5
+    image = sorted(glob.glob(os.path.join(imagenet_sample, "infer", "*", "*.jpg")))[0]
+    not_mindir = tmp_path / "junk.mindir"
+    not_mindir.write_bytes(b"\xff" * 64)
+    for model, expected in ((tmp_path / "fused.mindir", "holds operators that load or run code named in the file "
+                             "(Custom ("), (not_mindir, "is not a MINDIR file")):
+        shutil.copy(tmp_path / "plain.mindir.json", str(model) + ".json")
+        assert_clean_error(run_script("infer.py", "--ckpt_path", str(model), image, "--output_dir",
+                                      str(tmp_path / "out")), str(model), expected)

@@ -115,3 +115,140 @@ def test_missing_archive_and_bad_devkit(archives, tmp_path):
     assert_clean_error(run_script("-m", "dataset_tools", "imagenet", "--devkit", str(archives["val"]),
                                   "--val", str(archives["val"]), "--dest", str(tmp_path / "x")),
                        "cannot read the devkit")
+
+
+# --- hostile archives ----------------------------------------------------------------------------------------------
+
+def sparse_member(name, realsize):
+    """A GNU sparse member's header (no data blocks) that expands to ``realsize`` bytes when read: the 10 KiB tar
+    holding a 1 GiB JPEG. tarfile writes no sparse members, so the header is patched: realsize, checksum."""
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.GNUTYPE_SPARSE
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    header[483:495] = tarfile.itn(realsize, 12, tarfile.GNU_FORMAT)                 # the GNU header's realsize
+    header[148:155] = b"%06o\0" % tarfile.calc_chksums(bytes(header))[0]
+    return bytes(header)
+
+
+def huge_member(name, size):
+    """A member header announcing ``size`` bytes, without them (the archive ends there)."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+def _without_end(data):
+    end = len(data)
+    while end >= 512 and data[end - 512:end] == bytes(512):
+        end -= 512
+    return data[:end]
+
+
+GIB = 1 << 30
+
+
+def test_sparse_and_oversized_members_are_named_not_read(archives):
+    """Each would take a GiB of memory when read: refused from its header, named, the rest goes in place."""
+    tmp = archives["tmp"]
+    train = tmp / "hostile_train.tar"
+    with tarfile.open(train, "w") as tar:
+        for i, wnid in enumerate(WNIDS):
+            data = inner_tar(wnid, 3 + i)
+            if wnid == "n04592741":
+                data = _without_end(data) + sparse_member(f"{wnid}_99.JPEG", GIB) + bytes(1024)
+            if wnid == "n02085620":
+                data = _without_end(data) + huge_member(f"{wnid}_99.JPEG", GIB) + bytes(1024)
+            add(tar, f"{wnid}.tar", data)
+    assert os.path.getsize(train) < 200_000
+    result = run_script("-m", "dataset_tools", "imagenet", "--devkit", str(archives["devkit"]), "--train", str(train),
+                        "--dest", str(tmp / "out"))
+    assert_clean_error(result, "n04592741.tar: n04592741_99.JPEG: a GNU sparse member (refused",
+                       "n02085620.tar: n02085620_99.JPEG: 1,073,741,824 bytes, over the 64 MiB a member may have")
+    assert sorted(os.listdir(tmp / "out" / "train")) == sorted(set(WNIDS) - {"n04592741", "n02085620"})
+    val = tmp / "hostile_val.tar"
+    val.write_bytes(_without_end(archives["val"].read_bytes()) + sparse_member("ILSVRC2012_val_00000010.JPEG", GIB)
+                    + bytes(1024))
+    result = run_script("-m", "dataset_tools", "imagenet", "--devkit", str(archives["devkit"]), "--val", str(val),
+                        "--dest", str(tmp / "out"))
+    assert_clean_error(result, "ILSVRC2012_val_00000010.JPEG: a GNU sparse member")
+
+
+def test_a_validation_image_numbered_0_takes_no_label(archives):
+    """labels[0 - 1] would be the last image's label: image numbers start at 1."""
+    tmp = archives["tmp"]
+    val = tmp / "val_with_0.tar"
+    with tarfile.open(val, "w") as tar:
+        for k in range(len(VAL_IDS)):
+            add(tar, f"ILSVRC2012_val_{k + 1:08d}.JPEG", jpeg(500 + k))
+        add(tar, "ILSVRC2012_val_00000000.JPEG", jpeg(1))
+    result = run_script("-m", "dataset_tools", "imagenet", "--devkit", str(archives["devkit"]), "--val", str(val),
+                        "--dest", str(tmp / "out"))
+    assert_clean_error(result, "ILSVRC2012_val_00000000.JPEG: no label for it in the devkit's ground truth")
+    written = [f for _, _, files in os.walk(tmp / "out") for f in files]
+    assert "ILSVRC2012_val_00000000.JPEG" not in written
+
+
+def test_only_the_devkits_classes_come_from_the_training_tar(archives):
+    """An extra ../x.tar (or a tar of a class the devkit does not have) would become a class and shift every
+    index: skipped with a line; nothing is written outside --dest."""
+    tmp = archives["tmp"]
+    train = tmp / "extra_train.tar"
+    with tarfile.open(train, "w") as tar:
+        add(tar, "../x.tar", inner_tar("n09999999", 2))
+        for i, wnid in enumerate(WNIDS):
+            add(tar, f"{wnid}.tar", inner_tar(wnid, 3 + i))
+        add(tar, "n09999999.tar", inner_tar("n09999999", 2))
+    dest = tmp / "nested" / "out"
+    result = run_script("-m", "dataset_tools", "imagenet", "--devkit", str(archives["devkit"]), "--train", str(train),
+                        "--dest", str(dest))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train: ../x.tar skipped: not a class tar of the devkit" in result.stdout
+    assert "train: n09999999.tar skipped" in result.stdout
+    assert sorted(os.listdir(dest / "train")) == sorted(WNIDS)
+    assert sorted(os.listdir(tmp / "nested")) == ["out"] and not (tmp / "x").exists()
+
+
+def devkit_with(tmp, name, wnids=WNIDS, labels=VAL_IDS):
+    from dataset_tools.demo import write_devkit
+    path = tmp / f"{name}.tar.gz"
+    write_devkit(str(path), wnids, {w: w for w in wnids}, labels)
+    return path
+
+
+@pytest.mark.parametrize("case, wnids, labels, expected", [
+    ("absolute path", ["n02119789", "{tmp}/elsewhere/x", "n04592741", "n02085620"], VAL_IDS,
+     "names a class '{tmp}/elsewhere/x', not a WNID (n and 8 digits): refused"),
+    ("parent folder", ["n02119789", "../x", "n04592741", "n02085620"], VAL_IDS, "names a class '../x', not a WNID"),
+    ("seven digits", ["n02119789", "n0144076", "n04592741", "n02085620"], VAL_IDS, "names a class 'n0144076'"),
+    ("a class twice", ["n02119789", "n02119789", "n04592741", "n02085620"], VAL_IDS, "numbers its classes twice"),
+    ("label 0", WNIDS, [3, 1, 0, 4, 2, 3, 1, 2, 4, 4], "ground truth holds a label below 1: refused"),
+])
+def test_hostile_devkits_are_refused_before_anything_is_written(archives, case, wnids, labels, expected):
+    tmp = archives["tmp"]
+    wnids = [w.format(tmp=tmp) for w in wnids]
+    devkit = devkit_with(tmp, "hostile", wnids, labels)
+    dest = tmp / "out"
+    result = run_script("-m", "dataset_tools", "imagenet", "--devkit", str(devkit), "--train", str(archives["train"]),
+                        "--val", str(archives["val"]), "--dest", str(dest))
+    assert_clean_error(result, expected.format(tmp=tmp))
+    assert not dest.exists() and not (tmp / "elsewhere").exists()
+
+
+def test_a_sparse_devkit_member_is_refused(archives):
+    tmp = archives["tmp"]
+    devkit = tmp / "sparse_devkit.tar.gz"
+    import gzip
+    devkit.write_bytes(gzip.compress(sparse_member("ILSVRC2012_devkit_t12/data/meta.mat", GIB) +
+                                     _without_end(raw_member_tar("ILSVRC2012_devkit_t12/data/"
+                                                                 "ILSVRC2012_validation_ground_truth.txt", b"1\n"))
+                                     + bytes(1024)))
+    result = run_script("-m", "dataset_tools", "imagenet", "--devkit", str(devkit), "--val", str(archives["val"]),
+                        "--dest", str(tmp / "out"))
+    assert_clean_error(result, "cannot read the devkit", "a GNU sparse member")
+
+
+def raw_member_tar(name, data):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        add(tar, name, data)
+    return buffer.getvalue()

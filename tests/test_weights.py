@@ -238,6 +238,7 @@ def published(tmp_path_factory):
 
     def publish(name, source, url, file, numerics, **row):
         server.publish(url, file)
+        row.setdefault("sha", sha256(file))                 # pinned, as the real rows with a published sha256
         rows.append(table_row(name, source, url, **row))
         expected[name] = reference_logits(c, x.astype(np.float64), *numerics)
         other_gelu[name] = reference_logits(c, x.astype(np.float64), not numerics[0], numerics[1])
@@ -254,6 +255,10 @@ def published(tmp_path_factory):
         write_ckpt(path, tensors)
         publish(f"vit_test_32.{name}", "mindcv", f"{MINDSPORE}/toolkits/mindcv/vit/vit_test_32_{name}-"
                 f"{sha256(path)[:8]}.ckpt", path, mindspore_numerics, layout=name)
+    # a row as the real mindcv rows: no sha256 published, only the 8 hex digits in its file name (not enough)
+    publish("vit_test_32.unpinned", "mindcv", f"{MINDSPORE}/toolkits/mindcv/vit/vit_test_32_unpinned-"
+            f"{sha256(folder / 'mindcv.ckpt')[:8]}.ckpt", folder / "mindcv.ckpt", mindspore_numerics, layout="mindcv",
+            sha="")
     write_ckpt(folder / "zoo.ckpt", model_zoo_names(c))
     publish("vit_test_32.model_zoo", "model_zoo", f"{MINDSPORE}/models/r1.7/vit_test_32_acc00.00.ckpt",
             folder / "zoo.ckpt", mindspore_numerics, layout="model_zoo", preprocess="mindspore",
@@ -271,7 +276,8 @@ def published(tmp_path_factory):
         for model in ("vit", "deit_distilled", "deit3"):
             url = f"{TIMM_HOST}/timm/{model}_test.fb_in1k/resolve/main/model.safetensors"
             server.publish(url, folder / f"{model}.safetensors")
-            rows.append(table_row(f"{model}_test.fb_in1k", "timm", url, layout="timm"))
+            rows.append(table_row(f"{model}_test.fb_in1k", "timm", url, layout="timm",
+                                  sha=sha256(folder / f"{model}.safetensors")))
             expected[f"{model}_test.fb_in1k"] = np.load(folder / f"{model}_logits.npy")
     table = folder / "table.tsv"
     header = "name\tsource\tvariant\timage_size\tlayout\tpreprocess\tcrop_pct\ttop1\ttop5\turl\tsha256\tlicence"
@@ -285,6 +291,7 @@ def published(tmp_path_factory):
 def offline_env(published, tmp_path, monkeypatch):
     """A fresh cache, the hosts pointed at the test server, the small weights' table."""
     env = {"MS_VIT_CACHE": str(tmp_path / "cache"), "MS_VIT_WEIGHTS_TABLE": published["table"],
+           "MS_VIT_ALLOW_HTTP_MIRROR": "1",
            "HF_ENDPOINT": published["server"].url, "MS_VIT_MINDSPORE_MIRROR": published["server"].url,
            "MS_VIT_GOOGLE_MIRROR": published["server"].url, "MS_VIT_PYTORCH_MIRROR": published["server"].url}
     for key, value in env.items():
@@ -381,6 +388,7 @@ def test_a_wrong_checksum_is_named_and_nothing_is_cached(published, offline_env)
 def test_404_and_offline_say_where_to_put_the_file(published, offline_env):
     from ms_vit import weights
     entry = weights.find("vit_b_16_224.mindvision")
+    offline_env = dict(offline_env, MS_VIT_TRUST_ON_FIRST_USE="1")                  # its row has no sha256
     result = fetch(entry.name, env=offline_env)
     assert_clean_error(result, f"cannot download vit_b_16_224.mindvision from {published['server'].url}"
                        "/vision/classification/vit_b_16_224.ckpt (HTTP 404", f"place it at {entry.path}",
@@ -390,6 +398,73 @@ def test_404_and_offline_say_where_to_put_the_file(published, offline_env):
     assert_clean_error(result, "cannot download vit_b_16_224.mindvision", "Connection refused",
                        f"place it at {entry.path}")
     assert cache_is_empty(offline_env)
+
+
+def test_a_row_without_sha256_is_refused_unless_pinned_or_trusted_on_first_use(published, offline_env):
+    """Refused before anything is downloaded (the file name's 8 hex digits are not enough); pinned by the user with
+    NAME@sha256:<hex> (a wrong pin refuses the file); trusted on first use when asked, the sha256 printed; once
+    recorded, later uses need neither."""
+    from ms_vit import weights
+    name, right = "vit_test_32.unpinned", sha256(published["folder"] / "mindcv.ckpt")
+    entry = weights.find(name)
+    path = "/" + entry.url.split("/", 3)[3]
+    before = published["server"].hits.get(path, 0)
+    refused = fetch(name, env=offline_env)
+    assert_clean_error(refused, f"{name} has no published sha256", f"{name}@sha256:<64 hex digits>",
+                       "MS_VIT_TRUST_ON_FIRST_USE=1")
+    assert published["server"].hits.get(path, 0) == before and cache_is_empty(offline_env)
+    with pytest.raises(weights.WeightsError, match="has no published sha256"):
+        weights.fetch(entry)
+    wrong = "0" * 64
+    assert_clean_error(fetch(f"{name}@sha256:{wrong}", env=offline_env), f"sha256 {right}, published {wrong}")
+    assert cache_is_empty(offline_env)
+    for bad in (f"{name}@sha256:{right[:60]}", f"{name}@md5:{right}"):
+        assert_clean_error(fetch(bad, env=offline_env), "pin a weight set as NAME@sha256:")
+    pinned = fetch(f"{name}@sha256:{right.upper()}", env=offline_env)
+    assert pinned.returncode == 0, pinned.stderr
+    assert "trusted on first use" not in pinned.stderr
+    assert open(entry.path + ".sha256").read().strip() == right
+    again = fetch(name, env=offline_env)                                     # recorded: no pin needed any more
+    assert again.returncode == 0, again.stderr
+
+
+def test_trust_on_first_use_prints_the_sha256_it_records(published, offline_env):
+    from ms_vit import weights
+    name, right = "vit_test_32.unpinned", sha256(published["folder"] / "mindcv.ckpt")
+    result = fetch(name, env=dict(offline_env, MS_VIT_TRUST_ON_FIRST_USE="1"))
+    assert result.returncode == 0, result.stderr
+    assert f"{name}: trusted on first use" in result.stderr and f"sha256 {right}" in result.stderr
+    assert f"{name}@sha256:{right}" in result.stderr
+    assert open(weights.find(name).path + ".sha256").read().strip() == right
+
+
+def test_scripts_refuse_an_unpinned_name(published, offline_env, imagenet_sample):
+    image = os.path.join(imagenet_sample, "val", sorted(os.listdir(os.path.join(imagenet_sample, "val")))[0])
+    image = os.path.join(image, os.listdir(image)[0])
+    result = run_script("infer.py", "--pretrained", "vit_test_32.unpinned", image, env=offline_env)
+    assert_clean_error(result, "vit_test_32.unpinned has no published sha256")
+    assert cache_is_empty(offline_env)
+
+
+def test_plain_http_mirrors_need_the_switch(published, offline_env):
+    env = dict(offline_env, MS_VIT_ALLOW_HTTP_MIRROR="0")
+    result = fetch("vit_test_32.model_zoo", env=env)
+    assert_clean_error(result, "is plain http: ms_vit downloads over https only", "MS_VIT_ALLOW_HTTP_MIRROR=1")
+    assert cache_is_empty(offline_env)
+
+
+def test_the_command_line_without_a_name_and_into_a_closed_pipe(published, offline_env):
+    assert_clean_error(fetch(env=offline_env), "download needs one or more names")
+    shell = subprocess.run(f"{sys.executable} -m ms_vit.weights | head -2", shell=True, capture_output=True,
+                           text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, **offline_env),
+                           executable="/bin/bash")
+    assert shell.returncode == 0 and len(shell.stdout.splitlines()) == 2
+    assert "Traceback" not in shell.stderr and "BrokenPipe" not in shell.stderr, shell.stderr
+    # `true` reads nothing and is gone before the listing is written: the write meets a closed pipe for sure
+    closed = subprocess.run(f"set -o pipefail; {sys.executable} -m ms_vit.weights | true", shell=True,
+                            capture_output=True, text=True, cwd=ROOT, executable="/bin/bash",
+                            env=dict(os.environ, PYTHONPATH=ROOT, **offline_env))
+    assert closed.returncode == 0 and closed.stderr == "", closed.stderr
 
 
 def test_a_file_placed_by_hand_is_verified_then_used(published, offline_env, tmp_path):

@@ -13,10 +13,14 @@
 * ``dense.cc``: bias addition with a fast bias gradient (MindSpore's CPU BiasAddGrad runs at ~0.5 GB/s: 13.6 %
   of a ViT-Ti/16 training step) and a 2-D transpose, for ``Linear``'s weight gradient.
 
-The library is compiled on first use into ``$MS_VIT_CACHE/kernels`` (default ``~/.cache/ms_vit/kernels``). If
-no compiler is available or the compilation fails, the ``*_op()`` factories and ``linear()`` return ``None``
-and the model keeps MindSpore's own
-operators: slower, same numbers. ``MS_VIT_FUSED_KERNELS=0`` turns the kernels off for the process;
+The library is compiled on first use into ``$MS_VIT_CACHE/kernels`` (default ``~/.cache/ms_vit/kernels``), its
+sha256 recorded beside it (``.so.sha256``). It is loaded (dlopen'ed by MindSpore: it runs as the user) only when the
+folder, the library and the record are the user's own (``files.check_private``: owned by the user, writable by no
+one else, no symbolic links) and the library's sha256 is the recorded one; a library that differs from its record
+is compiled again. A cache that is not the user's is not used: one warning naming the path, and the model runs on
+MindSpore's operators (a planted library is never loaded, and the run's numbers are the same). If no compiler is
+available or the compilation fails, the ``*_op()`` factories and ``linear()`` return ``None`` and the model keeps
+MindSpore's own operators: slower, same numbers. ``MS_VIT_FUSED_KERNELS=0`` turns the kernels off for the process;
 ``create_model(fused_kernels=False)`` for one model (``ms_vit.layers`` makes the choice per block).
 """
 import fcntl
@@ -31,7 +35,7 @@ import tempfile
 import mindspore as ms
 from mindspore import nn, ops
 
-from ..files import cache_root
+from ..files import CacheError, cache_root, check_private, private_cache, write_atomically
 
 logger = logging.getLogger("ms_vit")
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,6 +58,14 @@ def _cpu_signature():
         return ""
 
 
+def library_path():
+    """Where the library of these sources, flags and CPU is cached (its name is public: anyone can compute it,
+    which is why its folder must be the user's own)."""
+    source = b"".join(open(path, "rb").read() for path in _SOURCES + _HEADERS)
+    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
+    return os.path.join(_cache_dir(), f"ms_vit_kernels-{key}.so")
+
+
 @functools.cache          # compiled (or found in the cache) once per process
 def compiled_library():
     """Path of the compiled kernel library, or None if it cannot be built here.
@@ -66,23 +78,49 @@ def compiled_library():
     if compiler is None:
         logger.info("ms_vit: no C++ compiler found; the model runs on MindSpore's (slower) CPU operators")
         return None
-    source = b"".join(open(path, "rb").read() for path in _SOURCES + _HEADERS)
-    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
-    target = os.path.join(_cache_dir(), f"ms_vit_kernels-{key}.so")
-    if os.path.isfile(target):
-        return target
+    target = library_path()
     try:
-        os.makedirs(_cache_dir(), exist_ok=True)
-        lock = open(os.path.join(_cache_dir(), ".lock"), "a")
+        private_cache("kernels")
+        if _verified(target):
+            return target
+        lock_path = os.path.join(_cache_dir(), ".lock")
+        lock = os.fdopen(os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600), "a")
+        check_private(lock_path)
+    except CacheError as error:        # another user's folder or file: nothing of it is loaded
+        logger.warning(f"ms_vit: {error}; the fused CPU kernels are not loaded from it (using MindSpore's operators)")
+        return None
     except OSError as error:           # e.g. a read-only home: set MS_VIT_CACHE to a writable folder
         logger.warning(f"ms_vit: cannot write the fused CPU kernels to {_cache_dir()} ({error.strerror}); "
                        "using MindSpore's operators (set MS_VIT_CACHE to a writable folder)")
         return None
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)          # released when the file closes
-        if os.path.isfile(target):                 # another process compiled it while this one waited
-            return target
+        try:
+            if _verified(target):                  # another process compiled it while this one waited
+                return target
+        except CacheError as error:
+            logger.warning(f"ms_vit: {error}; the fused CPU kernels are not loaded from it (using MindSpore's "
+                           "operators)")
+            return None
         return _compile(compiler, target)
+
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _verified(target):
+    """Whether ``target`` is a library this user compiled: it and its sha256 record are the user's own
+    (``CacheError`` otherwise) and its sha256 is the recorded one. False when either is missing or they differ
+    (then it is compiled again)."""
+    record = target + ".sha256"
+    if not os.path.lexists(target) or not os.path.lexists(record):
+        return False
+    check_private(target)
+    check_private(record)
+    with open(record) as f:
+        return f.read().strip() == _sha256(target)
 
 
 def _compile(compiler, target):
@@ -95,7 +133,15 @@ def _compile(compiler, target):
         last = (result.stderr.strip().splitlines() or ["failed"])[-1]
         logger.warning(f"ms_vit: compiling the fused CPU kernels failed ({last}); using MindSpore's operators")
         return None
+    os.chmod(tmp, 0o700)
+    digest = _sha256(tmp)
+
+    def write(record):
+        with open(record, "w") as f:
+            os.chmod(record, 0o600)
+            f.write(digest + "\n")
     os.replace(tmp, target)            # atomic: a process never loads a half-written library
+    write_atomically(target + ".sha256", write)
     return target
 
 
