@@ -11,7 +11,7 @@ import shutil
 import zipfile
 
 from ms_vit.data import DEVKIT, IMAGE_EXTENSIONS, DatasetError
-from ms_vit.downloads import DownloadError, download
+from ms_vit.downloads import DownloadError, download, mirrored
 
 from . import dest as destination
 
@@ -35,7 +35,7 @@ def download_dataset(url: str, dest: str, timeout: float = 60.0) -> dict:
     try:
         archive = os.path.join(staging, "download.zip")
         try:
-            download(url, archive, timeout=timeout, label="dataset")
+            download(mirrored(url), archive, timeout=timeout, label="dataset")
         except DownloadError as exc:
             raise DatasetError(f"cannot download {url}: {exc}") from None
         unpacked = os.path.join(staging, "unpacked")

@@ -24,6 +24,15 @@ import urllib.request
 from typing import Optional
 
 ALLOW_HTTP = "MS_VIT_ALLOW_HTTP_MIRROR"
+# Host base URL -> the environment variable that names a mirror of it
+HOSTS = {
+    "https://huggingface.co": "HF_ENDPOINT",
+    "https://download.mindspore.cn": "MS_VIT_MINDSPORE_MIRROR",
+    "https://download-mindspore.osinfra.cn": "MS_VIT_MINDSPORE_MIRROR",
+    "https://mindspore-website.obs.cn-north-4.myhuaweicloud.com": "MS_VIT_MINDSPORE_MIRROR",   # the tutorial's data
+    "https://storage.googleapis.com": "MS_VIT_GOOGLE_MIRROR",
+    "https://download.pytorch.org": "MS_VIT_PYTORCH_MIRROR",
+}
 TIMEOUT = 30.0                          # seconds without a byte before a download is given up
 _BLOCK = 1 << 20
 
@@ -116,6 +125,15 @@ class _Progress:
         rate = done / max(now - self.start, 1e-6) / 1e6
         sys.stderr.write(f"\r{self.label}: {done / 1e6:.1f}{of} MB ({rate:.1f} MB/s)" + ("\n" if final else ""))
         sys.stderr.flush()
+
+
+def mirrored(url: str) -> str:
+    """``url`` with its host replaced by the mirror its environment variable (``HOSTS``) names, if set."""
+    for host, variable in HOSTS.items():
+        mirror = os.environ.get(variable)
+        if mirror and url.startswith(host + "/"):
+            return mirror.rstrip("/") + url[len(host):]
+    return url
 
 
 def download(url: str, path: str, timeout: float = TIMEOUT, allow_http: Optional[bool] = None,

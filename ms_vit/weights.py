@@ -44,20 +44,12 @@ from typing import Dict, List, Optional
 
 from . import convert
 from .checkpoint import CheckpointError, config_from_shapes
-from .downloads import DownloadError, download
+from .downloads import HOSTS, DownloadError, download, mirrored
 from .files import CacheError, cache_root, check_private, private_cache, write_atomically
 from .vit import VARIANTS
 
 TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights.tsv")
 EXTRA_TABLES = "MS_VIT_WEIGHTS_TABLE"
-# Host base URL -> the environment variable that replaces it
-HOSTS = {
-    "https://huggingface.co": "HF_ENDPOINT",
-    "https://download.mindspore.cn": "MS_VIT_MINDSPORE_MIRROR",
-    "https://download-mindspore.osinfra.cn": "MS_VIT_MINDSPORE_MIRROR",
-    "https://storage.googleapis.com": "MS_VIT_GOOGLE_MIRROR",
-    "https://download.pytorch.org": "MS_VIT_PYTORCH_MIRROR",
-}
 # The layouts a source writes (a row's layout "auto": detected among these)
 SOURCE_LAYOUTS = {"mindvision": ("mindspore_tutorial", "mindvision"), "mindcv": ("mindcv", "mindcv_v0_2"),
                   "model_zoo": ("model_zoo",), "timm": ("timm",), "jax": ("jax",), "torchvision": ("torchvision",)}
@@ -99,12 +91,8 @@ class WeightSet:
 
     @property
     def download_url(self) -> str:
-        """The URL, with its host replaced by the mirror its environment variable names."""
-        for host, variable in HOSTS.items():
-            mirror = os.environ.get(variable)
-            if mirror and self.url.startswith(host + "/"):
-                return mirror.rstrip("/") + self.url[len(host):]
-        return self.url
+        """The URL, with its host replaced by the mirror its environment variable names (``downloads.HOSTS``)."""
+        return mirrored(self.url)
 
     @property
     def hash_prefix(self) -> str:
