@@ -530,7 +530,7 @@ def build_callbacks(args, run, net, splits, datasets, training, position):
                                     num_images=-(-splits.num_val // run.group_size))
     guard = RunGuard(training.train_step, steps, training.lrs, position.done_steps, look_every=position.sink_size,
                      across_ranks=run.distributed,
-                     on_look=[lambda look: fault_points.set_run_position(f"step {look.done_steps}"), progress.update])
+                     on_look=[lambda look: fault_points.reached(f"step {look.done_steps}"), progress.update])
 
     def save_position() -> str:
         """The resumable checkpoint of where the run stands: vit-<epoch>_<steps done in it>.ckpt."""

@@ -29,6 +29,13 @@ def set_run_position(position: str) -> None:
     _position = position
 
 
+def reached(position: str) -> None:
+    """The run has reached ``position`` (``"step 10"``): ``set_run_position``, and an event point there (``at
+    step@step 10``: where a test stops a worker mid-epoch)."""
+    set_run_position(position)
+    fault_point(position.split()[0])
+
+
 def fault_point(name: str, side: str = "at") -> None:
     """A point where a test may stop this process (see the module docstring); ``name``: the file or event."""
     point = f"{side} {name}@{_position}"

@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import ROOT
-from helpers import TINY_ARGS
+from helpers import TINY_ARGS, run_msrun, worker_log
 
 # 16 training images in batches of 4: 4 steps an epoch; 4 validation images. Shuffled, not augmented, no stochastic
 # depth: the run is a function of its seed, so a resumed run can be compared weight for weight with a straight one.
@@ -181,3 +181,41 @@ def test_a_stop_at_any_write_point_loses_nothing(small_dataset, kernels_cache, t
     print(results)
     for name, result in results.items():
         assert result["points"] >= 26, (name, result)        # startup (probe, lock, image check, config) + epochs
+
+
+def test_msrun_workers_killed_mid_epoch_and_in_the_evaluation_resume_to_the_same_run(small_dataset, kernels_cache,
+                                                                                    tmp_path):
+    """Under msrun with 2 workers: rank 1 SIGKILLed in the middle of epoch 2, then, in the resumed run, as epoch 2's
+    evaluation starts; msrun ends each time, and the same msrun command with ``--resume auto`` finishes with the
+    records and the weights of a run never stopped."""
+    def launch(out, name, fault=None):
+        env = dict(MS_VIT_CACHE=str(fresh_cache(kernels_cache, tmp_path / f"cache_{name}")))
+        if fault:
+            env.update(MS_VIT_FAULT="kill", MS_VIT_FAULT_RANK="1", MS_VIT_FAULT_AT=fault)
+        return run_msrun(["train.py", "--distribute", "--data_dir", small_dataset, "--ckpt_save_dir", str(out), *RUN,
+                          "--epoch_size", "2", "--batch_size", "2", "--resume", "auto"], str(tmp_path / f"logs_{name}"),
+                         timeout=600, env=env)
+
+    straight = launch(tmp_path / "straight", "straight")
+    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    out = tmp_path / "stopped"
+    first = launch(out, "first", fault="at step@step 6")             # 4 steps an epoch: mid-epoch 2
+    assert first.returncode != 0 and "epoch 1: val top-1" in worker_log(str(tmp_path / "logs_first"), 0)
+    assert sorted(os.listdir(out)) == sorted([".lock", "best.ckpt", "config.yaml", "curves.png", "train_history.json",
+                                             "val_history.json", "vit-1_4.ckpt"])
+    second = launch(out, "second", fault="at evaluate@step 8")       # epoch 2 trained again, then killed
+    assert second.returncode != 0
+    assert f"resuming from {out / 'vit-1_4.ckpt'}" in worker_log(str(tmp_path / "logs_second"), 0)
+    assert os.path.isfile(out / "vit-2_4.ckpt")
+    assert [r["epoch"] for r in json.loads((out / "val_history.json").read_text())] == [1]
+    third = launch(out, "third")
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    log = worker_log(str(tmp_path / "logs_third"), 0)
+    assert f"resuming from {out / 'vit-2_4.ckpt'}" in log and "epoch 2: val top-1" in log   # evaluated on resume
+    reference = tmp_path / "straight"
+    records = {name: json.loads((reference / f"{name}_history.json").read_text()) for name in ("val", "train")}
+    printed = {}
+    for name in ("first", "second", "third"):
+        for epoch, *figures in printed_epochs(worker_log(str(tmp_path / f"logs_{name}"), 0)):
+            printed.setdefault(int(epoch), set()).add(tuple(figures))
+    check_finished_run(out, printed, records, "vit-2_4.ckpt", network_weights(reference / "vit-2_4.ckpt"))
