@@ -197,7 +197,7 @@ class Attention(nn.Cell):
 
     def construct(self, x):
         q, k, v = self.split_heads(self.qkv(x))                      # 3 x (B, H, N, d), q scaled
-        if self.flash is not None and q.dtype != ms.float32:
+        if self.flash is not None and (q.dtype != ms.float32 or self.flash.low_precision):
             x = self.flash(q, k, v)                                  # (B, H, N, d), one fused kernel
         else:
             attn = self.softmax(self.q_kt(q, k).astype(ms.float32))  # (B, H, N, N), float32
@@ -471,7 +471,9 @@ class ViT(nn.Cell):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each transformer block's activations in the backward pass instead of keeping them (MindSpore's
-        ``Cell.recompute``; timm's method of this name): the same gradients, a lower training peak, more compute."""
+        ``Cell.recompute``; timm's method of this name): the same gradients, a lower training peak, more compute.
+        Under AMP call it after ``amp.apply`` (``amp.apply(recompute=True)`` does): MindSpore gives the recompute scope
+        to the cells a block holds at this call, and AMP's cast wrappers added later would keep their outputs."""
         if enable:                               # (MindSpore cannot turn recomputation off again)
             for block in self.transformer.layers:
                 block.recompute()
