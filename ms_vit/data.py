@@ -228,7 +228,8 @@ def create_dataset(split_dir: str, classes: List[str], config: ViTConfig, batch_
     transforms = (train_transforms(config, min_crop_scale, hflip, auto_augment, re_prob, re_mode)
                   if training and augment else eval_transforms(config))
     # The Python steps (RandAugment, erasing, Mixup/CutMix) run in the pipeline's threads: in worker processes
-    # (``python_multiprocessing``) the pipeline ran at half the images per second (benchmarks/bench_pipeline.py).
+    # (``python_multiprocessing``) DeiT's pipeline delivered 40 % of the images per second
+    # (benchmarks/bench_pipeline.py).
     dataset = dataset.map(transforms, input_columns="image", num_parallel_workers=num_workers)
     dataset = dataset.map(ds.transforms.TypeCast(ms.int32), input_columns="label")         # C++: no GIL
     dataset = dataset.batch(batch_size, drop_remainder=training)
