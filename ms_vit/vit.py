@@ -239,7 +239,8 @@ class DropPath(nn.Cell):
     and scale the kept ones by 1 / (1 - drop_prob). Identity in evaluation.
 
     The keep mask is drawn in float32 whatever ``x``'s dtype: ``keep_prob + U[0, 1)`` in bfloat16 (8-bit mantissa)
-    rounds near 1, so a block with drop probability 0.0091 dropped 0.58 % of its samples."""
+    rounds near 1, so a block with drop probability 0.0091 dropped 0.58 % of its samples. The kept samples' scale
+    1 / keep_prob is rounded once to ``x``'s dtype, as timm's (in bfloat16 at most 2^-8 relative: 0.14 % at 0.0091)."""
 
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
