@@ -30,14 +30,14 @@ from ms_vit.augment import Mixup
 from ms_vit.config import parse_with_config, write_config
 from ms_vit.evaluate import evaluate
 from ms_vit.factory import build_model
-from ms_vit.guard import MAX_OVERFLOWS_IN_A_ROW, RunGuard, RunStopped, stop_on_signal
+from ms_vit.guard import RunGuard, RunStopped, stop_on_signal
 from ms_vit.history import CURVES_FILE, TRAIN_FILE, VAL_FILE, RunHistory
 from ms_vit.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from ms_vit.lr import training_schedule
 from ms_vit.optim import AdamW, layer_decay_scales
 from ms_vit.progress import Progress, format_duration
 from ms_vit.run_folder import RunFolder
-from ms_vit.train_step import ModelEMA, TrainStep
+from ms_vit.train_step import MAX_OVERFLOWS_IN_A_ROW, ModelEMA, TrainStep
 from ms_vit.vit import VARIANTS, ViTConfig
 
 
@@ -133,9 +133,10 @@ def build_parser():
                    help="steps between progress lines, at most 4 per epoch apart (default: %(default)s)")
     g.add_argument("--sink_size", type=cli.COUNT,
                    help="steps the device runs between two looks of the host (progress, loss and overflow checks, "
-                        "SIGTERM): MindSpore's dataset sink size on Ascend/GPU, rounded down to a divisor of the steps "
-                        "per epoch. Default: the progress interval on Ascend/GPU; 1 (step by step) on CPU, where a "
-                        "larger N replays the device's sink cadence")
+                        "SIGTERM): MindSpore's dataset sink size on Ascend/GPU, at most N and each epoch a whole "
+                        "number of sinks (a divisor of the steps per epoch down to N/2, else the epoch trimmed by "
+                        "fewer batches than it has sinks). Default: the progress interval on Ascend/GPU; 1 (step by "
+                        "step) on CPU, where a larger N replays the device's sink cadence")
     g.add_argument("--keep_checkpoint_max", type=cli.COUNT, default=2,
                    help="epoch checkpoints kept (default: %(default)s)")
     cli.add_device_args(p)
@@ -148,9 +149,6 @@ def build_parser():
     g.add_argument("--distribute", action="store_true",
                    help="data-parallel over the processes started by msrun (one per device): "
                         f"{device.LAUNCH_HINT}")
-    g.add_argument("--parallel_optimizer", action="store_true",
-                   help="with --distribute on Ascend: shard the optimizer's work over the ranks (MindSpore's parallel "
-                        "optimizer), each rank updating its share of the weights and broadcasting them")
     g.add_argument("--seed", type=cli.ranged(int, 0), default=42, help="(default: %(default)s)")
     return p
 
@@ -270,7 +268,8 @@ def resume_position(params: dict, meta: dict, steps: int, source: str):
         done, saved_steps = int(meta["global_step"]), int(meta["steps_per_epoch"])
         if done % saved_steps and saved_steps != steps:
             raise ValueError(f"{source} stopped in the middle of an epoch of {saved_steps} steps; this run has "
-                             f"{steps} steps per epoch: resume with the same --batch_size and number of workers")
+                             f"{steps} steps per epoch: resume with the same --batch_size, --sink_size and number of "
+                             "workers")
         return done // saved_steps, done % saved_steps
     # written by MindSpore's ModelCheckpoint (earlier train.py), or best.ckpt: whole epochs
     return (int(params["epoch_num"]) if "epoch_num" in params else int(meta.get("epoch", 0))), 0
@@ -297,8 +296,6 @@ def parse_args(argv):
     if args.min_lr > args.lr:
         raise ValueError(f"--min_lr {args.min_lr:g} is above --lr {args.lr:g}: the schedule decays from --lr to "
                          "--min_lr")
-    if args.parallel_optimizer and not args.distribute:
-        raise ValueError("--parallel_optimizer shards the optimizer over the ranks of --distribute")
     return args
 
 
@@ -307,11 +304,6 @@ def start(args):
     setup = device.setup(args.device_target, args.mode, args.seed, args.distribute)
     amp_level = args.amp_level or amp.default_level(setup.device_target)
     amp.check(amp_level, args.amp_dtype, setup.device_target)
-    if args.parallel_optimizer:
-        if setup.device_target != "Ascend":
-            raise ValueError(f"--parallel_optimizer runs on Ascend only (MindSpore's parallel optimizer in "
-                             f"data-parallel mode), not on {setup.device_target}")
-        ms.set_auto_parallel_context(enable_parallel_optimizer=True)
     writer = setup.rank == 0                    # one writer: rank 0 alone prints and writes --ckpt_save_dir
     folder = RunFolder(args.ckpt_save_dir, args.keep_checkpoint_max)
     if writer:
@@ -384,8 +376,6 @@ def build_network(args, run, splits, resume):
                            num_classes=splits.num_classes, image_size=args.image_size, checkpoint_path=path,
                            weight_init=args.weight_init, **options,
                            **{k: v for k, v in overrides.items() if v is not None})
-    if args.recompute:
-        net.set_grad_checkpointing(True)
     if run.distributed:
         device.same_weights_as_rank0(net)
     return net
@@ -469,8 +459,9 @@ def build_training(args, run, net, datasets, resume):
     loss_fn = SoftTargetCrossEntropy() if datasets.soft_targets else LabelSmoothingCrossEntropy(args.label_smoothing)
     ema = ModelEMA(net.trainable_params(), args.ema_decay) if args.ema_decay else None
     scaler = amp.loss_scale_manager(run.amp_level, args.amp_dtype)
-    train_step = TrainStep(nn.WithLossCell(amp.apply(net, run.amp_level, args.amp_dtype), loss_fn), optimizer,
-                           scaler.get_update_cell() if scaler else None, args.clip_grad, args.accumulation_steps, ema)
+    train_step = TrainStep(nn.WithLossCell(amp.apply(net, run.amp_level, args.amp_dtype, args.recompute), loss_fn),
+                           optimizer, scaler.get_update_cell() if scaler else None, args.clip_grad,
+                           args.accumulation_steps, ema)
     # what a resumable checkpoint holds besides the network: optimizer moments and step count, EMA, accumulated
     # gradients (not the schedule, rebuilt; not the run's statistics)
     network = {p.name for p in net.get_parameters()}
@@ -486,28 +477,34 @@ def starting_position(args, run, datasets, resume):
     """Where the run starts (a resumed run: at the checkpoint's step, the data pipeline too) and how the device
     sinks the data (``sinking``); takes the run folder (another run's: an error before any work)."""
     path, params, meta = resume
-    steps = datasets.steps
     if run.writer:
         run.folder.open()
+    sink_size, sink_loop, kept = sinking(args, run, datasets.steps)
+    left_out = datasets.steps - kept
+    if left_out:                                 # each epoch a whole number of sinks (ms_vit.sink.plan_sinks)
+        datasets.train, datasets.steps = datasets.train.take(kept), kept
+    steps = datasets.steps
     start_epoch, start_step = resume_position(params, meta, steps, path) if path else (0, 0)
     done_steps = start_epoch * steps + start_step
     fault_points.set_run_position(f"step {done_steps}")
     finished = start_epoch >= args.epoch_size
     if done_steps and not finished:
         datasets.train.set_init_step(done_steps)     # MindSpore's pipeline recovery: the data order of the same step
-    sink_size, sink_loop = sinking(args, run, steps, done_steps)
-    return SimpleNamespace(start_epoch=start_epoch, start_step=start_step, done_steps=done_steps,
-                           sink_size=sink_size, sink_loop=sink_loop, finished=finished, records=meta.get("records"))
+    return SimpleNamespace(start_epoch=start_epoch, start_step=start_step, done_steps=done_steps, left_out=left_out,
+                           sink_size=sink.resumed_sink_size(sink_size, steps, done_steps), sink_loop=sink_loop,
+                           finished=finished, records=meta.get("records"))
 
 
-def sinking(args, run, steps: int, done_steps: int):
-    """``(sink size, whether MindSpore's sink loop runs)``: on Ascend/GPU in graph mode the dataset is sunk
-    ``--sink_size`` steps at a time (default: the progress interval); on CPU step by step unless ``--sink_size`` > 1,
-    which replays the device's cadence (``ms_vit.sink``)."""
+def sinking(args, run, steps: int):
+    """``(sink size, whether MindSpore's sink loop runs, steps kept per epoch)``: on Ascend/GPU in graph mode the
+    dataset is sunk about ``--sink_size`` steps at a time (default: the progress interval), each epoch a whole
+    number of sinks (``sink.plan_sinks``); on CPU step by step unless ``--sink_size`` > 1, which replays the device's
+    cadence (``ms_vit.sink``)."""
     on_device = run.target != "CPU" and args.mode == "graph"
     requested = args.sink_size or (progress_interval(args, steps) if on_device else 1)
-    size = sink.choose_sink_size(requested, steps, done_steps)
-    return size, (on_device or size > 1) and args.mode == "graph"
+    size, kept = sink.plan_sinks(requested, steps)
+    loop = (on_device or size > 1) and args.mode == "graph"
+    return size, loop, kept if loop else steps
 
 
 def progress_interval(args, steps: int) -> int:
@@ -558,6 +555,9 @@ def announce(args, run, net, splits, datasets, position) -> None:
              else "")
     amp_text = f"AMP {run.amp_level}" + (f" {args.amp_dtype}" if run.amp_level != "O0" else "")
     sink_text = f", sinks of {position.sink_size} steps" if position.sink_loop else ""
+    if position.left_out:
+        sink_text += (f" (the last {position.left_out} batches of each epoch's shuffle left out: whole sinks per "
+                      "epoch)")
     print(f"training {checkpoint.describe(net.config)} ({sum(p.size for p in net.trainable_params()):,} parameters) "
           f"on {run.target}, {amp_text}, {args.mode} mode: {splits.num_train} train / {splits.num_val} val images, "
           f"{datasets.steps} steps of {datasets.batches} per epoch{sink_text}, epochs {position.start_epoch + 1}.."
@@ -631,6 +631,7 @@ def outcome(args, run, watch, start_epoch, steps) -> int:
                          f"the last good checkpoint is {run.folder.newest()}. Try a lower --lr, a longer "
                          "--warmup_epochs or --clip_grad 1.0")
     if guard.stop == "overflow":
+        epoch, step = guard.position(guard.bad_step)
         raise RunStopped(f"{MAX_OVERFLOWS_IN_A_ROW} steps in a row overflowed in float16 up to epoch {epoch} step "
                          f"{step}/{steps}, the last ones at the smallest loss scale: the gradients are not finite even "
                          f"unscaled. Training stopped, these weights are not saved; the last good checkpoint is "

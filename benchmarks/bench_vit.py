@@ -4,6 +4,7 @@ first step.
     python benchmarks/bench_vit.py                 # everything (about 20 minutes on 2 cores)
     python benchmarks/bench_vit.py --models ti16 --cases infer8 train
     python benchmarks/bench_vit.py --cases train train_recompute --no_pipeline   # train.py --recompute's memory
+    python benchmarks/bench_vit.py --models ti16 --cases train train_recompute --no_pipeline --amp_level O2
 
 Every case runs in a fresh process of its own, so that peak memory (max RSS) and the first step's time
 (graph compilation) belong to that case alone. timm runs in the same invocation when torch and timm import
@@ -12,7 +13,10 @@ Every case runs in a fresh process of its own, so that peak memory (max RSS) and
 VisionTransformer class, which mindcv has no name for).
 Figures are images per second (higher is better) and the ms_vit / timm ratio (>1: ms_vit faster).
 ``train_recompute`` is the training step with each block recomputed in the backward pass (ms_vit's
-``set_grad_checkpointing``, train.py ``--recompute``; timm's ``set_grad_checkpointing``).
+``set_grad_checkpointing``, train.py ``--recompute``; timm's ``set_grad_checkpointing``). ``--amp_level`` trains ms_vit
+at that AMP level in float16 as train.py does (``amp.apply``, recomputation set after AMP's casts; the peers are left
+out: their mixed precision is not the same); the CPU runs many float16 operators slower than float32 ones, so only the
+memory figures of those runs say something about a device.
 Shared machines drift by 10 % from minute to minute: each case runs ``--rounds`` times, ms_vit and timm
 alternating, and each framework's best round is reported (the median step of each round).
 """
@@ -53,13 +57,13 @@ def timed(step, warmup, repeats):
     return first, statistics.median(times)
 
 
-def run_mindspore(model, case, batch, repeats):
+def run_mindspore(model, case, batch, repeats, amp_level="O0"):
     sys.path.insert(0, ROOT)
     import mindspore as ms
     import numpy as np
     from mindspore import nn
 
-    from ms_vit import create_model
+    from ms_vit import amp, create_model
     from ms_vit.loss import LabelSmoothingCrossEntropy
     from ms_vit.optim import AdamW
     from ms_vit.train_step import TrainStep
@@ -67,14 +71,16 @@ def run_mindspore(model, case, batch, repeats):
     if os.environ.get("BENCH_MEM"):
         init, grow, level = os.environ["BENCH_MEM"].split(",")
         ms.runtime.set_memory(init_size=init, increase_size=grow, optimize_level=level)
-    net = create_model(MODELS[model][0])
-    net.set_grad_checkpointing(case == "train_recompute")
+    net = create_model(MODELS[model][0], fused_kernels=None if amp_level == "O0" else False)
+    network = amp.apply(net, amp_level, "float16", recompute=case == "train_recompute")     # as train.py
+    scaler = amp.loss_scale_manager(amp_level)
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.standard_normal((batch, 3, 224, 224)).astype(np.float32))
     if case.startswith("train"):
         labels = ms.Tensor(rng.integers(0, 1000, batch).astype(np.int32))
-        step_cell = TrainStep(nn.WithLossCell(net, LabelSmoothingCrossEntropy(0.1)),      # train.py's step
-                              AdamW(net.trainable_params(), learning_rate=1e-4, weight_decay=0.05))
+        step_cell = TrainStep(nn.WithLossCell(network, LabelSmoothingCrossEntropy(0.1)),      # train.py's step
+                              AdamW(net.trainable_params(), learning_rate=1e-4, weight_decay=0.05),
+                              scaler.get_update_cell() if scaler else None)
         step_cell.set_train(True)
 
         def step():
@@ -83,7 +89,7 @@ def run_mindspore(model, case, batch, repeats):
         net.set_train(False)
 
         def step():
-            net(images).asnumpy()
+            network(images).asnumpy()
     return timed(step, warmup=1 if case.startswith("train") else 2, repeats=repeats)
 
 
@@ -149,14 +155,15 @@ def run_mindcv(model, case, batch, repeats):
 def worker(args):
     run = {"ms_vit": run_mindspore, "timm": run_timm, "mindcv": run_mindcv}[args.worker]
     batch = batch_of(args.model, args.case)
-    first, median = run(args.model, args.case, batch, args.repeats)
+    options = {"amp_level": args.amp_level} if args.worker == "ms_vit" else {}
+    first, median = run(args.model, args.case, batch, args.repeats, **options)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"first_s": first, "step_s": median, "img_s": batch / median, "peak_mb": peak_mb}))
 
 
-def measure(framework, model, case, repeats):
+def measure(framework, model, case, repeats, amp_level="O0"):
     command = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--model", model, "--case", case,
-               "--repeats", str(repeats)]
+               "--repeats", str(repeats), "--amp_level", amp_level]
     result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, GLOG_v="3"))
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -233,6 +240,8 @@ def main():
     parser.add_argument("--no_timm", action="store_true", help="leave timm out")
     parser.add_argument("--no_mindcv", action="store_true", help="leave mindcv out")
     parser.add_argument("--no_pipeline", action="store_true", help="skip the data pipeline measurement")
+    parser.add_argument("--amp_level", choices=["O0", "O1", "O2", "O3"], default="O0",
+                        help="ms_vit's AMP level (float16), as train.py --amp_level; not O0: ms_vit alone")
     parser.add_argument("--worker", choices=["ms_vit", "timm", "mindcv"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -240,8 +249,9 @@ def main():
     if args.worker:
         return worker(args)
 
-    peers = [p for p in PEERS if not getattr(args, f"no_{p}") and available(p)]
-    for missing in sorted(set(PEERS) - set(peers) - {p for p in PEERS if getattr(args, f"no_{p}")}):
+    peers = [p for p in PEERS if not getattr(args, f"no_{p}") and available(p)] if args.amp_level == "O0" else []
+    for missing in sorted(set(PEERS) - set(peers) - {p for p in PEERS if getattr(args, f"no_{p}")}
+                          if args.amp_level == "O0" else ()):
         print(f"{missing} not importable: left out (pip install torch==2.13.0; pip install --no-deps timm==1.0.31 "
               "mindcv==0.3.0)")
     print(f"{'case':<26}{'ms_vit img/s':>13}" + "".join(f"{p + ' img/s':>13}{'ratio':>7}" for p in peers) +
@@ -253,12 +263,13 @@ def main():
             results = {name: [] for name in ["ms_vit"] + peers}
             for _ in range(args.rounds):
                 for name in results:
-                    results[name].append(measure(name, model, case, args.repeats))
+                    results[name].append(measure(name, model, case, args.repeats, args.amp_level))
             results = {name: best_round(rounds) for name, rounds in results.items()}
             rows.append(dict(model=model, case=case, batch=batch_of(model, case), **results))
             label = f"{model} {case.replace('infer', 'infer b')}"
             if case.startswith("train"):
                 label = f"{model} train b{batch_of(model, case)}" + (" recompute" if "recompute" in case else "")
+            label += f" {args.amp_level}" if args.amp_level != "O0" else ""
             errors = [f"{name}: {r['error']}" for name, r in results.items() if "error" in r]
             if errors:
                 print(f"{label:<26} error: {'; '.join(errors)}")

@@ -8,7 +8,8 @@ level  computes in float16 / bfloat16                                      stays
 =====  ==================================================================  ===========================================
 O0     nothing                                                             everything
 O1     the matrix products: Dense layers, the patch projection, the         the rest: LayerNorm, softmax, GELU, sums
-       attention's two batched matmuls (MindSpore's O1 white list)
+       attention's two batched matmuls (MindSpore's O1 white list), or
+       FlashAttention (``--device_kernels``)
 O2     everything else                                                     LayerNorm (MindSpore's O2 black list) and
                                                                            the attention softmax
 O3     everything                                                          nothing
@@ -23,7 +24,7 @@ MindSpore's backend then runs some float16 operators on float32 kernels.)
 
 float16 trains with dynamic loss scaling (skipped steps on overflow; ``ms_vit.guard`` stops a run whose steps keep
 overflowing); bfloat16 has float32's range and trains without. MindSpore trains in bfloat16 on Ascend 910B and later
-(Atlas A2/A3) only: elsewhere it is refused with one line (the CPU has no bfloat16 matrix product).
+(Atlas A2/A3, 950) only: elsewhere it is refused with one line (the CPU has no bfloat16 matrix product).
 """
 from typing import Optional
 
@@ -31,29 +32,20 @@ import mindspore as ms
 from mindspore import nn
 from mindspore.train import DynamicLossScaleManager
 
-from . import layers
+from . import device, layers
 
 LEVELS = ("O0", "O1", "O2", "O3")
 DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
 # O1: the cells that compute in low precision; O2: the cells that stay float32 (O3: none)
-LOW_PRECISION_CELLS = (nn.Dense, nn.Conv2d, layers.Linear, layers.BatchMatMul)
+LOW_PRECISION_CELLS = (nn.Dense, nn.Conv2d, layers.Linear, layers.BatchMatMul, layers.FlashAttention)
 FLOAT32_CELLS = (nn.LayerNorm, layers.Softmax)
-# SoCs on which MindSpore trains in bfloat16 (``get_ascend_soc_version``): Ascend 910B (Atlas A2), 910C (A3)
-BFLOAT16_SOCS = ("ascend910b", "ascend910_93")
+# SoCs on which MindSpore trains in bfloat16: Atlas A2 and later (910B, 910C, 950)
+BFLOAT16_SOCS = device.ATLAS_A2_AND_LATER
 
 
 def default_level(device_target: str) -> str:
     """O2 on Ascend, whose float16 Cube units are several times faster; O0 (float32) on CPU and GPU."""
     return "O2" if device_target == "Ascend" else "O0"
-
-
-def ascend_soc() -> str:
-    """The Ascend SoC MindSpore runs on ("ascend910b", ...), or "" off Ascend."""
-    try:
-        from mindspore._c_expression import MSContext
-        return MSContext.get_instance().get_ascend_soc_version() or ""
-    except (ImportError, AttributeError, RuntimeError):
-        return ""
 
 
 def check(level: str, dtype: str, device_target: str, soc: Optional[str] = None) -> None:
@@ -63,7 +55,7 @@ def check(level: str, dtype: str, device_target: str, soc: Optional[str] = None)
     if dtype not in DTYPES:
         raise ValueError(f"unknown --amp_dtype {dtype}: choose one of {', '.join(DTYPES)}")
     if dtype == "bfloat16" and level != "O0":
-        soc = ascend_soc() if soc is None else soc
+        soc = device.ascend_soc() if soc is None else soc
         if device_target != "Ascend" or soc not in BFLOAT16_SOCS:
             where = f"Ascend ({soc or 'SoC unknown'})" if device_target == "Ascend" else device_target
             raise ValueError(f"--amp_dtype bfloat16 trains on Ascend 910B and later (Atlas A2/A3) only, not on "
@@ -102,20 +94,25 @@ def _wrap(network: nn.Cell, classes, compute_dtype, output_dtype) -> None:
         network.cell_list = list(network.cells())
 
 
-def apply(network: nn.Cell, level: str, dtype: str = "float16") -> nn.Cell:
+def apply(network: nn.Cell, level: str, dtype: str = "float16", recompute: bool = False) -> nn.Cell:
     """``network`` computing at AMP ``level`` in ``dtype`` (see the module docstring), its output float32. The
     cells are changed in place (parameters and their names stay), so build the network without the fused CPU
-    kernels, which compute in float32 only."""
-    if level == "O0":
-        return network
-    low = DTYPES[dtype]
-    if level == "O1":
-        _wrap(network, LOW_PRECISION_CELLS, low, ms.float32)
-    else:
-        network.to_float(low)
-        if level == "O2":
-            _wrap(network, FLOAT32_CELLS, ms.float32, low)
-    return _CastOutput(network, ms.float32)
+    kernels, which compute in float32 only.
+
+    ``recompute``: each transformer block recomputed in the backward pass (``ViT.set_grad_checkpointing``), set
+    after the cast wrappers are in place: MindSpore gives the recompute scope to the cells a block holds when it is
+    set, so wrappers added later would keep their outputs (a block's LayerNorm outputs, the softmax at O2)."""
+    if level != "O0":
+        low = DTYPES[dtype]
+        if level == "O1":
+            _wrap(network, LOW_PRECISION_CELLS, low, ms.float32)
+        else:
+            network.to_float(low)
+            if level == "O2":
+                _wrap(network, FLOAT32_CELLS, ms.float32, low)
+    if recompute:
+        network.set_grad_checkpointing(True)
+    return network if level == "O0" else _CastOutput(network, ms.float32)
 
 
 def loss_scale_manager(level: str, dtype: str = "float16"):

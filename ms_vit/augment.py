@@ -10,7 +10,8 @@ own, without timm's per-batch switch between the two, its lambda correction for 
 folded into the soft targets; ``vision.RandomErasing`` is torchvision's (box sampling like timm's, but the whole
 call skipped or not by its own probability rule and no per-channel "rand" mode): timm's algorithm is kept here, on
 the normalised CHW array, and tested against its definition.
-The pipeline stays fast: these run in the dataset's parallel workers (``benchmarks/bench_data.py``).
+These run in the dataset pipeline's worker threads (``benchmarks/bench_pipeline.py`` measures them against timm's
+loader).
 """
 import math
 import random

@@ -205,9 +205,10 @@ def create_dataset(split_dir: str, classes: List[str], config: ViTConfig, batch_
     in order.
 
     With ``num_shards`` (data-parallel ranks), rank ``shard_id`` reads its own shard: for training MindSpore's
-    distributed sampler (shards disjoint in every epoch when every rank has the same dataset seed, padded to
-    equal size so that every rank runs the same number of steps) or, with ``repeated_aug`` > 1, timm's repeated
-    augmentation sampler (``augment.RepeatedAugmentSampler``, seeded by ``seed``); for evaluation images
+    distributed sampler (padded to equal size so that every rank runs the same number of steps) or, with
+    ``repeated_aug`` > 1, timm's repeated augmentation sampler (``augment.RepeatedAugmentSampler``), both shuffled
+    with ``seed``, the same on every rank, so that the shards of an epoch are disjoint; the augmentations draw from
+    the pipeline's seed (``ds.config``), which ``device.setup`` sets per rank. For evaluation images
     ``shard_id, shard_id + num_shards, ...``, so that the shards together hold every image exactly once."""
     common = dict(extensions=list(_all_cases(IMAGE_EXTENSIONS)), class_indexing={c: i for i, c in enumerate(classes)},
                   num_parallel_workers=num_workers)
@@ -215,21 +216,36 @@ def create_dataset(split_dir: str, classes: List[str], config: ViTConfig, batch_
         total = ds.ImageFolderDataset(split_dir, **common).get_dataset_size()
         sampler = augment_module.RepeatedAugmentSampler(total, num_shards or 1, shard_id or 0, repeated_aug, seed)
         dataset = ds.ImageFolderDataset(split_dir, sampler=sampler, **common)
+    elif training and num_shards:
+        dataset = ds.ImageFolderDataset(split_dir, sampler=shard_sampler(num_shards, shard_id, shuffle, seed),
+                                        **common)
     elif training or not num_shards:
-        dataset = ds.ImageFolderDataset(split_dir, shuffle=training and shuffle, num_shards=num_shards,
-                                        shard_id=shard_id, **common)
+        dataset = ds.ImageFolderDataset(split_dir, shuffle=training and shuffle, **common)
     else:
         total = ds.ImageFolderDataset(split_dir, **common).get_dataset_size()
         dataset = ds.ImageFolderDataset(split_dir, sampler=ds.SubsetSampler(list(range(shard_id, total, num_shards))),
                                         **common)
     transforms = (train_transforms(config, min_crop_scale, hflip, auto_augment, re_prob, re_mode)
                   if training and augment else eval_transforms(config))
+    # The Python steps (RandAugment, erasing, Mixup/CutMix) run in the pipeline's threads: in worker processes
+    # (``python_multiprocessing``) DeiT's pipeline delivered 40 % of the images per second
+    # (benchmarks/bench_pipeline.py).
     dataset = dataset.map(transforms, input_columns="image", num_parallel_workers=num_workers)
-    dataset = dataset.map(lambda x: x.astype(np.int32), input_columns="label")
+    dataset = dataset.map(ds.transforms.TypeCast(ms.int32), input_columns="label")         # C++: no GIL
     dataset = dataset.batch(batch_size, drop_remainder=training)
     if training and mixup is not None:
         dataset = dataset.map(mixup, input_columns=["image", "label"], num_parallel_workers=1)
     return dataset
+
+
+def shard_sampler(num_shards: int, shard_id: int, shuffle: bool, seed: int) -> ds.DistributedSampler:
+    """MindSpore's distributed sampler with its shuffle seeded by ``seed``: it takes the pipeline's seed at its
+    construction (``ds.config.get_seed()`` into ``self.seed``, plus one per iterator it is parsed for;
+    ``mindspore/dataset/engine/samplers.py``), which differs per rank, and ranks that shuffle differently deal
+    overlapping shards."""
+    sampler = ds.DistributedSampler(num_shards, shard_id, shuffle=shuffle)
+    sampler.seed = seed
+    return sampler
 
 
 def _all_cases(extensions):

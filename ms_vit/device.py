@@ -1,10 +1,13 @@
 """Device, execution mode, seeds and distributed setup for the entry scripts.
 
 ``setup`` picks the device (Ascend, else GPU, else CPU), says which and, when a backend is missing, why, in one line
-(``describe``): MindSpore's own warnings are left on. Under data parallelism every rank seeds the data pipeline
-alike (the shards of one shuffle stay disjoint) and MindSpore's random operators by rank (each rank draws its own
-dropout and stochastic-depth masks, as each GPU does in torch's DDP); the ranks start from the same weights because
-``same_weights_as_rank0`` copies rank 0's over the others after the model is built.
+(``describe``): MindSpore's own warnings are left on. Under data parallelism every random draw is seeded by rank:
+MindSpore's random operators (each rank its own dropout and stochastic-depth masks, as each GPU in torch's DDP)
+and the data pipeline's (each rank its own crops, flips, RandAugment, erasing and Mixup: with one seed, the two
+copies of an image that repeated augmentation puts at the same position on two ranks were byte-identical). The
+shuffle, which the ranks must share so that their shards stay disjoint, is seeded apart, with the run's seed
+(``data.create_dataset(seed=...)``). The ranks start from the same weights because ``same_weights_as_rank0`` copies
+rank 0's over the others after the model is built.
 """
 import os
 from typing import List, NamedTuple, Optional
@@ -24,6 +27,12 @@ _MISSING = {"Ascend": "the CANN toolkit (source its set_env.sh) and MindSpore's 
             "GPU": "a GPU build of MindSpore with CUDA and cuDNN"}
 
 
+# Ascend SoCs (MindSpore's ``get_ascend_soc_version``) of Atlas A2 and later: 910B (A2), 910C ("ascend910_93", A3)
+# and 950, the SoCs MindSpore 2.10 knows with bfloat16 matrix units and FlashAttention; not 910A ("ascend910"),
+# 310P, 310B.
+ATLAS_A2_AND_LATER = ("ascend910b", "ascend910_93", "ascend950")
+
+
 class Setup(NamedTuple):
     device_target: str
     rank: int
@@ -40,6 +49,15 @@ def _backend_available(target: str) -> bool:
         return bool(MSContext.get_instance().is_pkg_support_device(target))
     except (ImportError, AttributeError):
         return ms.hal.is_available(target)
+
+
+def ascend_soc() -> str:
+    """The Ascend SoC MindSpore runs on ("ascend910b", ...), or "" off Ascend."""
+    try:
+        from mindspore._c_expression import MSContext
+        return MSContext.get_instance().get_ascend_soc_version() or ""
+    except (ImportError, AttributeError, RuntimeError):
+        return ""
 
 
 def _missing_reason(target: str) -> str:
@@ -99,7 +117,7 @@ def setup(device_target: Optional[str] = None, mode: str = "graph", seed: Option
                                      device_num=group_size)
     if seed is not None:
         ms.set_seed(seed + rank)                   # random operators: each rank its own masks
-        ds.config.set_seed(seed)                   # the data pipeline: one shuffle, shared by the ranks
+        ds.config.set_seed(seed + rank)            # the pipeline's random ops (the shuffle is seeded apart)
     return Setup(target, rank, group_size, notes)
 
 

@@ -21,9 +21,6 @@ from mindspore import ops
 from mindspore.train import Callback
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# Under dynamic loss scaling the scale halves on every overflowing step, from 2 ** 16 to its floor of 1 in 16 steps:
-# steps that still overflow after twice that many in a row overflow at every scale.
-MAX_OVERFLOWS_IN_A_ROW = 32
 
 
 class Interrupted(Exception):
@@ -72,7 +69,8 @@ class RunGuard(Callback):
 
     After ``Model.train`` returns, ``stop`` is None (ran to the end), ``"signal"`` (``signum`` says which),
     ``"nonfinite"`` (``loss``, ``bad_step``: the first non-finite loss and its global step) or ``"overflow"``
-    (``MAX_OVERFLOWS_IN_A_ROW`` float16 steps in a row skipped); ``done_steps`` counts the global steps done.
+    (``MAX_OVERFLOWS_IN_A_ROW`` float16 steps in a row skipped, the last at global step ``bad_step``, also inside a
+    sink); ``done_steps`` counts the global steps done.
     """
 
     def __init__(self, train_step, steps_per_epoch: int, learning_rates: Sequence[float], done_steps: int = 0,
@@ -133,8 +131,9 @@ class RunGuard(Callback):
             local = stats["first_nonfinite"] > 0        # else another rank saw it first
             self.bad_step = before + int(stats["first_nonfinite"]) if local else self.done_steps
             self.loss = stats["nonfinite_loss"] if local else float("nan")
-        elif stats["in_a_row"] >= MAX_OVERFLOWS_IN_A_ROW:
+        elif stats["overflow_limit"] > 0:                # every rank skips alike: the overflow is agreed
             self.stop = "overflow"
+            self.bad_step = before + int(stats["overflow_limit"])
         elif signalled:
             self.stop = "signal"
             self.signum = self.signum or signal.SIGTERM

@@ -6,34 +6,44 @@ Each block computes the same function with the same parameters in up to three wa
 * ``OPS``, MindSpore's operators: every device, and what exports (MINDIR, ONNX) are built from;
 * ``CPU_FUSED``, on CPU, the fused kernels of ``ms_vit.kernels`` (AOT custom ops compiled with g++; see there for
   what each replaces and why): faster and lighter, same numbers (``tests/test_kernels.py``);
-* ``DEVICE``, on Ascend, the device's fused operators: FlashAttention (``ops.flash_attention_score``, Ascend 910B
-  and later, float16/bfloat16 inputs) for the attention and ``ops.gelu`` (one GeLU kernel) for the exact GELU.
+* ``DEVICE``, on Ascend 910B and later (Atlas A2/A3), the device's fused operators: FlashAttention
+  (``ops.flash_attention_score``, float16/bfloat16 inputs: AMP O1-O3) for the attention and MindSpore's ``GeluExt``
+  (``mint.nn.functional.gelu``'s operator, one kernel; ``ops.gelu`` builds the erf composite) for the exact GELU.
   Opt-in: this machine has no Ascend, so they are not run on hardware here; what can be checked on CPU is (the
-  one-operator GELU's numbers, FlashAttention's argument layout against its documented formula, the refusal).
+  operators of the training graph compiled at every AMP level, FlashAttention's argument layout against its
+  documented formula, the refusal off Atlas A2).
 
 ``choose_kernels(fused_kernels, device_kernels)`` turns ``create_model``'s switches into the choice:
 ``fused_kernels=None`` (default) uses the CPU kernels on CPU when they can be built here, ``False`` never, ``True``
-requires them; ``device_kernels=True`` requires Ascend. The CPU kernels compute in float32: under AMP (O1-O3) build
-the model with ``fused_kernels=False``, as train.py does. The attention maps (``Attention.attention_weights``) are
-always computed unfused.
+requires them; ``device_kernels=True`` requires an Ascend SoC with FlashAttention (``check_device_kernels``). The
+CPU kernels compute in float32: under AMP (O1-O3) build the model with ``fused_kernels=False``, as train.py does.
+The attention maps (``Attention.attention_weights``) are always computed unfused.
 """
 from typing import Optional
 
 import mindspore as ms
 from mindspore import nn, ops
+from mindspore.ops.auto_generate import GeluExt
 
-from . import kernels
+from . import device, kernels
 
 OPS, CPU_FUSED, DEVICE = "ops", "cpu_fused", "device"
+
+
+def check_device_kernels(target: str, soc: str) -> None:
+    """Refuse the device kernels where MindSpore has no FlashAttention: off Ascend, and on Ascend SoCs before Atlas A2
+    (910A, 310P, 310B)."""
+    if target != "Ascend" or soc not in device.ATLAS_A2_AND_LATER:
+        where = f"Ascend ({soc or 'SoC unknown'})" if target == "Ascend" else target
+        raise ValueError(f"device_kernels=True (--device_kernels): FlashAttention and the one-operator GELU run on "
+                         f"Ascend 910B and later (Atlas A2/A3) only, not on {where}")
 
 
 def choose_kernels(fused_kernels: Optional[bool] = None, device_kernels: bool = False) -> str:
     """What a model built now runs on (see the module docstring)."""
     target = ms.get_context("device_target")
     if device_kernels:
-        if target != "Ascend":
-            raise ValueError(f"device_kernels=True (--device_kernels): FlashAttention and the one-operator GELU run "
-                             f"on Ascend only, not on {target}")
+        check_device_kernels(target, device.ascend_soc())
         return DEVICE
     if fused_kernels is False:
         return OPS
@@ -109,8 +119,10 @@ class Dense(nn.Dense):
 
 class GELU(nn.Cell):
     """GELU: exact ``0.5 x (1 + erf(x / sqrt 2))`` or the tanh approximation; fused: the exact one in one CPU kernel;
-    ``one_op`` (``DEVICE`` kernels): the exact one as MindSpore's single GeLU operator (``ops.gelu``; one kernel on
-    Ascend; on CPU within 3e-7 of the erf form, ``tests/test_device_path.py``)."""
+    ``one_op`` (``DEVICE`` kernels): the exact one as MindSpore's single GeLU operator ``GeluExt`` (what
+    ``mint.nn.functional.gelu`` dispatches to: one kernel on Ascend, none on CPU; ``ops.gelu`` builds the erf
+    composite). Called as the primitive: through ``mint``'s overloaded function the node lost its cell's scope under
+    AMP O1, and with it the recompute of ``--recompute``."""
 
     def __init__(self, approximate: bool = False, fused: bool = False, one_op: bool = False):
         super().__init__()
@@ -118,6 +130,7 @@ class GELU(nn.Cell):
         self.fused = fused and not approximate
         self.one_op = one_op and not approximate
         self.kernel = kernels.gelu_erf_op() if self.fused else None
+        self.gelu_op = GeluExt() if self.one_op else None
 
     def construct(self, x):
         if self.approximate:
@@ -125,7 +138,7 @@ class GELU(nn.Cell):
         if self.fused:
             return self.kernel(x.astype(ms.float32)).astype(x.dtype)
         if self.one_op:
-            return ops.gelu(x, approximate="none")
+            return self.gelu_op(x)
         return 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476))
 
 
@@ -147,14 +160,22 @@ class FlashAttention(nn.Cell):
     bfloat16; head dim a multiple of 16, as every ViT variant's 64 or 80). q, k, v come from ``SplitHeads`` in the
     (B, H, N, d) layout that the operator calls "BNSD", q already scaled by d ** -0.5 (so ``scalar_value`` 1).
 
+    ``low_precision`` tells the attention to use it: set when AMP O1 runs this cell in float16/bfloat16
+    (``to_float``) although its inputs arrive in float32; at O2/O3 they arrive in low precision.
+
     Inputs: q, k, v (B, H, N, d). Outputs: (B, H, N, d).
     """
 
     def __init__(self, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
+        self.low_precision = False
         # the operator; tests/test_device_path.py puts its documented formula here to check the arguments on CPU
         self.attention_op = ops.flash_attention_score
+
+    def to_float(self, dst_type):
+        self.low_precision = dst_type != ms.float32
+        return super().to_float(dst_type)
 
     def construct(self, q, k, v):
         return self.attention_op(q, k, v, self.num_heads, keep_prob=1.0, scalar_value=1.0, input_layout="BNSD")

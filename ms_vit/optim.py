@@ -18,26 +18,23 @@ _adamw_update = ops.MultitypeFuncGraph("adamw_update")
 
 
 @_adamw_update.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                        "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Bool")
+                        "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Bool")
 def _update_scaled(adam, beta1_power, beta2_power, base_lr, beta1, beta2, eps, weight_decay, lr_scale, param, moment1,
-                   moment2, gradient, decay_flag, optim_filter):
+                   moment2, gradient, decay_flag):
     """One parameter's AdamW step at ``lr_scale`` x the learning rate (layer-wise decay)."""
     return _update(adam, beta1_power, beta2_power, base_lr * lr_scale, beta1, beta2, eps, weight_decay, param,
-                   moment1, moment2, gradient, decay_flag, optim_filter)
+                   moment1, moment2, gradient, decay_flag)
 
 
 @_adamw_update.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                        "Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Bool")
+                        "Tensor", "Tensor", "Tensor", "Tensor", "Bool")
 def _update(adam, beta1_power, beta2_power, lr, beta1, beta2, eps, weight_decay, param, moment1, moment2,
-            gradient, decay_flag, optim_filter):
-    """One parameter's AdamW step: decay first (as torch), then the fused Adam update. Returns a value that depends on
-    the update (the parallel optimizer broadcasts the weights after it)."""
-    if optim_filter:
-        if decay_flag:
-            ops.assign(param, param * (1.0 - lr * weight_decay).astype(param.dtype))
-        return ops.depend(True, adam(param, moment1, moment2, beta1_power, beta2_power, lr, beta1, beta2, eps,
-                                     gradient.astype(param.dtype)))
-    return True
+            gradient, decay_flag):
+    """One parameter's AdamW step: decay first (as torch), then the fused Adam update."""
+    if decay_flag:
+        ops.assign(param, param * (1.0 - lr * weight_decay).astype(param.dtype))
+    return ops.depend(True, adam(param, moment1, moment2, beta1_power, beta2_power, lr, beta1, beta2, eps,
+                                 gradient.astype(param.dtype)))
 
 
 class AdamW(nn.AdamWeightDecay):
@@ -50,7 +47,12 @@ class AdamW(nn.AdamWeightDecay):
         weight_decay: decoupled weight decay (per group if groups give one).
         lr_scales: a factor on the learning rate per parameter name (layer-wise decay: ``layer_decay_scales``);
             1 for names not in it.
+
+    MindSpore's parallel optimizer is refused (``Optimizer`` raises at construction when it is enabled): in
+    data-parallel mode it keeps the full moments on every rank, each up to date only for the parameters that rank
+    updates (docs/distributed.md).
     """
+    _support_parallel_optimizer = False
 
     def __init__(self, params, learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                  lr_scales=None):
@@ -79,14 +81,10 @@ class AdamW(nn.AdamWeightDecay):
         update = ops.partial(_adamw_update, self.adam, beta1_power, beta2_power, lr, self.beta1, self.beta2, eps_t)
         decays = weight_decay if self.is_group else (weight_decay,) * len(self._parameters)
         if self.lr_scales is None:
-            result = self.hyper_map(update, decays, self._parameters, self.moments1, self.moments2, gradients,
-                                    self.decay_flags, self.optim_filter)
-        else:
-            result = self.hyper_map(update, decays, self.lr_scales, self._parameters, self.moments1, self.moments2,
-                                    gradients, self.decay_flags, self.optim_filter)
-        if self.use_parallel:               # MindSpore's parallel optimizer: each rank updated its share; share them
-            result = self.broadcast_params(result)
-        return result
+            return self.hyper_map(update, decays, self._parameters, self.moments1, self.moments2, gradients,
+                                  self.decay_flags)
+        return self.hyper_map(update, decays, self.lr_scales, self._parameters, self.moments1, self.moments2,
+                              gradients, self.decay_flags)
 
 
 def layer_id(name: str, depth: int) -> int:

@@ -64,11 +64,16 @@ class ModelEMA(nn.Cell):
         return self.hyper_map(ops.partial(_ema_update, self.decay), self.averages, self.weights)
 
 
+# Under dynamic loss scaling the scale halves on every overflowing step, from 2 ** 16 to its floor of 1 in 16 steps:
+# steps that still overflow after twice that many in a row overflow at every scale (``ms_vit.guard`` stops the run).
+MAX_OVERFLOWS_IN_A_ROW = 32
 # The run's statistics since the host last read them (``TrainStep.stats``), by index: the sum of the losses, the
 # steps, the steps skipped for overflow, the first step (1-based) with a non-finite loss and that loss. Two are not
 # reset by a read: ``in_a_row``, the overflowing steps since the last step that was not skipped, and ``loss_scale``,
-# the loss scale after the last step.
-STATS = ("loss_sum", "steps", "skipped", "first_nonfinite", "nonfinite_loss", "in_a_row", "loss_scale")
+# the loss scale after the last step. ``overflow_limit``: the first step (1-based) that made ``in_a_row`` reach
+# ``MAX_OVERFLOWS_IN_A_ROW`` (counted on the device: a sink can reach it and go on, even past an overflow-free step).
+STATS = ("loss_sum", "steps", "skipped", "first_nonfinite", "nonfinite_loss", "in_a_row", "loss_scale",
+         "overflow_limit")
 _KEPT_ON_READ = ("in_a_row", "loss_scale")
 
 
@@ -130,9 +135,11 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
         steps = s[1] + 1.0
         first_bad = ops.logical_and(s[3] == 0.0, ops.logical_not(ops.isfinite(loss)))
         skipped = overflow.astype(ms.float32)
+        in_a_row = (s[5] + 1.0) * skipped
+        at_limit = ops.logical_and(s[7] == 0.0, in_a_row >= MAX_OVERFLOWS_IN_A_ROW)
         return ops.assign(s, ops.stack([
             s[0] + loss, steps, s[2] + skipped, ops.select(first_bad, steps, s[3]), ops.select(first_bad, loss, s[4]),
-            (s[5] + 1.0) * skipped, loss_scale.astype(ms.float32).reshape(())]))
+            in_a_row, loss_scale.astype(ms.float32).reshape(()), ops.select(at_limit, steps, s[7])]))
 
     def take_stats(self) -> dict:
         """The statistics since the last call (host side: one read-back), then reset on the device."""

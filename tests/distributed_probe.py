@@ -5,10 +5,11 @@ computes, written to OUT/rank<r>.npz.
 
 * ``masks``: a training-mode forward pass of a ViT with dropout and stochastic depth on the same input, after
   ``device.same_weights_as_rank0``; ``weights``: its parameters then;
-* ``shard``: the first epoch's images of this rank's training shard (pixel sums), as train.py's pipeline reads them;
-* ``sharded`` / ``plain``: the weights after 2 AdamW steps on the same gradients, with MindSpore's parallel optimizer
-  (each rank updating its share, then broadcasting; as MindSpore sets it up on Ascend, where it is supported) and
-  without.
+* train.py's training pipeline over 2 epochs of this rank's shard (batch 2, 2 workers), each image as it comes out:
+  ``plain_ids`` / ``repeat_ids``: not augmented (each image's pixel sum names it), without and with repeated
+  augmentation (2 copies); ``repeat_crops``: with repeated augmentation, the random resized crop and flip only;
+  ``repeat_deit``: with DeiT's RandAugment and random erasing as well. The shuffle does not depend on the
+  augmentation, so the ids name the images of the augmented runs too.
 """
 import os
 import sys
@@ -17,10 +18,10 @@ import mindspore as ms
 import numpy as np
 
 from ms_vit import create_model, data, device
-from ms_vit.optim import AdamW
 
 TINY = dict(num_classes=5, image_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, mlp_dim=96,
             fused_kernels=False)
+EPOCHS = 2
 
 
 def tiny(**options):
@@ -29,19 +30,12 @@ def tiny(**options):
     return net
 
 
-def adamw_steps(net, start, sharded: bool, rank: int):
-    for param, value in zip(net.trainable_params(), start):
-        param.set_data(ms.Tensor(value))
-    optimizer = AdamW(net.trainable_params(), learning_rate=1e-2, weight_decay=0.05)
-    if sharded:                       # what Optimizer._use_parallel_optimizer sets on Ascend in data-parallel mode
-        optimizer.use_parallel, optimizer.dev_num = True, 2
-        optimizer.param_rank = optimizer._get_parameter_group_id()
-        optimizer.optim_filter = tuple(owner == rank for owner in optimizer.param_rank)
-    rng = np.random.default_rng(7)                    # the same gradients on every rank (as after an AllReduce)
-    for _ in range(2):
-        grads = tuple(ms.Tensor(rng.standard_normal(p.shape).astype(np.float32)) for p in net.trainable_params())
-        optimizer(grads)
-    return np.concatenate([p.asnumpy().ravel() for p in net.trainable_params()])
+def images_out(split, config, rank, **recipe):
+    """(epochs, images of an epoch, C, H, W): the pipeline's output images, epoch by epoch."""
+    dataset = data.create_dataset(split, data.list_classes(split), config, 2, training=True, num_workers=2,
+                                  num_shards=2, shard_id=rank, seed=42, **recipe)
+    batches = dataset.create_tuple_iterator(num_epochs=EPOCHS, output_numpy=True)
+    return np.stack([np.concatenate([images for images, _ in batches]) for _ in range(EPOCHS)])
 
 
 def main(out, data_dir):
@@ -53,16 +47,13 @@ def main(out, data_dir):
     masks = net(ms.Tensor(np.ones((4, 3, 32, 32), np.float32))).asnumpy()
 
     split = os.path.join(data_dir, "train")
-    dataset = data.create_dataset(split, data.list_classes(split), net.config, 1, training=True, num_workers=1,
-                                  augment=False, num_shards=2, shard_id=rank, seed=42)
-    shard = [float(images.sum()) for images, _ in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)]
-
-    net = tiny()
-    start = [p.asnumpy().copy() for p in net.trainable_params()]
-    sharded = adamw_steps(net, start, True, rank)
-    plain = adamw_steps(net, start, False, rank)
-    np.savez(os.path.join(out, f"rank{rank}.npz"), masks=masks, weights=weights, shard=np.array(shard),
-             sharded=sharded, plain=plain)
+    sums = lambda images: images.reshape(images.shape[0], images.shape[1], -1).sum(-1)      # noqa: E731
+    np.savez(os.path.join(out, f"rank{rank}.npz"), masks=masks, weights=weights,
+             plain_ids=sums(images_out(split, net.config, rank, augment=False)),
+             repeat_ids=sums(images_out(split, net.config, rank, augment=False, repeated_aug=2)),
+             repeat_crops=images_out(split, net.config, rank, repeated_aug=2),
+             repeat_deit=images_out(split, net.config, rank, repeated_aug=2, auto_augment="rand-m9-mstd0.5-inc1",
+                                    re_prob=0.25))
 
 
 if __name__ == "__main__":

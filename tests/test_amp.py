@@ -118,7 +118,9 @@ def test_bfloat16_refused_off_ascend_910b(imagenet_sample, tmp_path):
                         "--amp_level", "O2", "--amp_dtype", "bfloat16", *TINY_ARGS)
     assert_clean_error(result, "--amp_dtype bfloat16 trains on Ascend 910B and later", "not on CPU")
     assert not tmp_path.joinpath("config.yaml").exists()
-    amp.check("O2", "bfloat16", "Ascend", soc="ascend910b")                       # offered there
-    with pytest.raises(ValueError, match="not on Ascend \\(ascend910\\)"):
-        amp.check("O2", "bfloat16", "Ascend", soc="ascend910")                   # 910A: no bfloat16
+    for soc in ("ascend910b", "ascend910_93", "ascend950"):                     # offered there: Atlas A2 and later
+        amp.check("O2", "bfloat16", "Ascend", soc=soc)
+    for soc in ("ascend910", "ascend310p", "ascend310b"):                       # 910A, 310P, 310B: no bfloat16
+        with pytest.raises(ValueError, match=f"not on Ascend \\({soc}\\)"):
+            amp.check("O2", "bfloat16", "Ascend", soc=soc)
     assert amp.loss_scale_manager("O2", "bfloat16") is None and amp.loss_scale_manager("O1") is not None
