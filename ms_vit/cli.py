@@ -115,9 +115,7 @@ def add_device_args(parser: argparse.ArgumentParser, auto_mode: bool = False) ->
 
 def run(main, argv=None) -> int:
     """Call ``main(argv)``; known user errors become ``error: ...`` on stderr and exit status 2, a run stopped by a
-    fault exit status 1. Under msrun a worker that stops on an error says so to the cluster at once, as MindSpore's own
-    handler of uncaught exceptions does, so that msrun ends the job without waiting for the worker's heartbeat to
-    time out."""
+    fault exit status 1."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         status = main(argv) or 0
@@ -140,18 +138,7 @@ def run(main, argv=None) -> int:
     except OSError as exc:                 # the file system refused (permissions, a full disk...)
         print(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
         status = 2
-    if status and os.environ.get("MS_ROLE") == "MS_WORKER":
-        leave_cluster_with_error()
     return status
-
-
-def leave_cluster_with_error() -> None:
-    """Leave msrun's cluster now (unregister from its scheduler), before msrun stops the other workers."""
-    try:
-        from mindspore._c_expression import _finalize_collective
-        _finalize_collective()
-    except (ImportError, RuntimeError):
-        pass
 
 
 def quiet_stdout() -> None:

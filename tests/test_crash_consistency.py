@@ -104,6 +104,7 @@ def straight_run(data, tmp, kernels_cache, extra):
 
 def check_finished_run(out, printed, straight_records, last, straight_weights):
     """The invariants of a run that completed after any number of stops."""
+    assert (out / "val_history.json").is_file(), "no records at all"
     records = json.loads((out / "val_history.json").read_text())
     epochs = [r["epoch"] for r in straight_records["val"]]
     assert [r["epoch"] for r in records] == epochs

@@ -152,14 +152,29 @@ def test_resume_under_msrun_matches_single_process_eval(runs, tmp_path):
     assert abs(metrics["loss"] - in_training["loss"]) <= EVAL_LOSS_ERROR * metrics["loss"]    # the same weights
 
 
-def test_a_failing_worker_fails_the_launch_with_its_error(imagenet_sample, tmp_path):
-    result = run_msrun(["train.py", "--distribute", "--data_dir", imagenet_sample, "--batch_size", "16",
-                        "--ckpt_save_dir", str(tmp_path / "out"), *TINY_ARGS], str(tmp_path / "logs"))
+@pytest.mark.parametrize("case", ["every rank knows", "rank 0 knows"])
+def test_a_failing_worker_fails_the_launch_with_its_error_first(imagenet_sample, tmp_path, case):
+    """A mistake under msrun: each worker's one error line comes first in msrun's output, before msrun's own report;
+    no worker's log and not the scheduler's (which runs train.py too) holds a traceback."""
+    if case == "every rank knows":               # too few images for a step: every rank finds it
+        args, message = (["--data_dir", imagenet_sample, "--batch_size", "16"],
+                         "20 training images make no full step of 2 workers x 16 = global batch 32")
+    else:                                        # no val/: rank 0 checks the data, the others learn its verdict
+        data = tmp_path / "no_val"
+        shutil.copytree(os.path.join(imagenet_sample, "train"), data / "train")
+        args, message = ["--data_dir", str(data)], f"split folder not found: {data / 'val'}"
+    logs = str(tmp_path / "logs")
+    result = run_msrun(["train.py", "--distribute", *args, "--ckpt_save_dir", str(tmp_path / "out"), *TINY_ARGS], logs)
     assert result.returncode != 0
-    message = "20 training images make no full step of 2 workers x 16 = global batch 32"
-    assert message in result.stdout + result.stderr                  # msrun shows the workers' output
-    assert "error: " + message in worker_log(str(tmp_path / "logs"), 0)
-    assert "Traceback" not in worker_log(str(tmp_path / "logs"), 0)
+    output = result.stdout + result.stderr
+    traceback = output.find("Traceback")                            # msrun's own, if any: after the worker's line
+    assert f"error: {message}" in output and (traceback == -1 or output.index(f"error: {message}") < traceback)
+    assert "error: " + message in worker_log(logs, 0)
+    for rank in (0, 1):
+        assert "Traceback" not in worker_log(logs, rank)
+    with open(os.path.join(logs, "scheduler.log")) as f:
+        scheduler = f.read()
+    assert "Traceback" not in scheduler
     assert not os.path.exists(tmp_path / "out")
 
 
