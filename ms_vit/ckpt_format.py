@@ -260,16 +260,18 @@ class _Entries:
             raise DamagedFile("it holds no entries")
 
     def _keep(self, tag: str, value) -> None:
+        """Keep an entry; a name written again (not in a row) replaces the first, as in MindSpore's loader."""
         if tag not in self.out and len(self.out) == _MAX_ENTRIES:
             raise DamagedFile(f"it holds more than {_MAX_ENTRIES:,} entries")
-        self.out[tag] = value                     # a name written again (not in a row) replaces the first, as in
-        #                                           MindSpore's loader
+        self.out[tag] = value
 
 
 def _array(data: np.ndarray, kind: str, shape: tuple) -> np.ndarray:
     """A tensor of ``shape`` from its bytes (``data``, uint8, whose length has been checked)."""
     if kind == "BFloat16":                         # bfloat16 is the upper half of a float32
-        return (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        bits = data.view(np.uint16).astype(np.uint32)
+        bits <<= 16
+        return bits.view(np.float32).reshape(shape)
     if kind == "Bool":                             # any non-zero byte is True, as numpy's own conversions
         return (data != 0).reshape(shape)
     return data.view(NP_TYPES[kind]).reshape(shape)
