@@ -53,9 +53,10 @@ def save(net: nn.Cell, path: str, meta: Optional[dict] = None, extra_params=None
         raise
 
 
-def read(path: str):
+def read(path: str, require_crc: bool = False):
     """Read a checkpoint: ``(params, meta)``, params a name -> numpy array dict (``BFloat16`` tensors as float32),
-    meta a dict (empty for checkpoints not written by ms_vit).
+    meta a dict (empty for checkpoints not written by ms_vit). ``require_crc``: the file was written by ``save``
+    (with a CRC), so one without a CRC is cut.
 
     The file is read by ``ckpt_format.read_entries``, which checks every length and shape against the file before
     it allocates (never ``mindspore.load_checkpoint``, which does not: a crafted file corrupts its heap), straight
@@ -70,7 +71,7 @@ def read(path: str):
                                f"({os.path.getsize(path):,} bytes: {reason})")
 
     try:
-        raw = ckpt_format.read_entries(path)
+        raw = ckpt_format.read_entries(path, require_crc)
     except ckpt_format.DamagedFile as exc:
         raise damaged(exc) from None
     except ckpt_format.UnsupportedFile as exc:

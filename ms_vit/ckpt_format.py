@@ -53,10 +53,11 @@ class UnsupportedFile(ValueError):
     """A well-formed checkpoint that uses a feature ms_vit does not read; the message says which and why."""
 
 
-def read_entries(path: str) -> dict:
+def read_entries(path: str, require_crc: bool = False) -> dict:
     """Every entry of the ``.ckpt`` at ``path``: name -> numpy array (``BFloat16`` as float32) or str.
 
-    Raises ``DamagedFile``, ``UnsupportedFile`` or ``OSError``."""
+    ``require_crc``: for files written with a CRC: one without is cut (a cut between two entries leaves a file that
+    is whole in every other respect). Raises ``DamagedFile``, ``UnsupportedFile`` or ``OSError``."""
     size = os.path.getsize(path)
     if size == 0:
         raise DamagedFile("empty")
@@ -71,6 +72,8 @@ def read_entries(path: str) -> dict:
         trailer = f.read()
         f.seek(0)
         has_crc = len(trailer) == _CRC_TRAILER and trailer[:7] == b"crc_num"
+        if require_crc and not has_crc:
+            raise DamagedFile("its CRC is missing: cut")
         reader = _Reader(f, size - _CRC_TRAILER if has_crc else size)
         entries = _Entries()
         for field, wire in _fields(reader, reader.end):

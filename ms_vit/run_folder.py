@@ -93,14 +93,14 @@ class RunFolder:
 
     def latest(self):
         """The newest checkpoint that reads back whole, as ``(path, params, meta)`` (``checkpoint.read``), or None when
-        the folder holds none. Newer ones that do not read (empty, truncated, corrupted) are passed over in one
-        warning that names them and the one resumed from instead. When checkpoints exist and none reads, raises
-        ``CheckpointError`` naming them: a new run would overwrite ``best.ckpt`` and the history, so the user
-        decides."""
+        the folder holds none. Newer ones that do not read (empty, truncated, corrupted; without the CRC that
+        ``checkpoint.save`` writes: cut between two entries) are passed over in one warning that names them and the
+        one resumed from instead. When checkpoints exist and none reads, raises ``CheckpointError`` naming them: a
+        new run would overwrite ``best.ckpt`` and the history, so the user decides."""
         unreadable = []
         for _, _, path in reversed(self.checkpoints()):
             try:
-                params, meta = checkpoint.read(path)
+                params, meta = checkpoint.read(path, require_crc=True)
             except checkpoint.CheckpointError as exc:
                 unreadable.append(str(exc))
                 continue

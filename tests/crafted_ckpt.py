@@ -16,6 +16,27 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
+def read_varint(data: bytes, pos: int):
+    """The varint at ``pos`` of well-formed ``data``, and where it ends."""
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value, pos, shift = value | (byte & 0x7F) << shift, pos + 1, shift + 7
+        if byte < 0x80:
+            return value, pos
+
+
+def entry_ends(data: bytes) -> list:
+    """Where each entry (``Checkpoint.value``) of a well-formed checkpoint ends."""
+    ends, pos, end = [], 0, len(without_crc(data))
+    while pos < end:
+        _, pos = read_varint(data, pos)
+        length, pos = read_varint(data, pos)
+        pos += length
+        ends.append(pos)
+    return ends
+
+
 def int64(n: int) -> bytes:
     """An int64 field's varint: a negative ``n`` in two's complement (10 bytes)."""
     return varint(n & (2**64 - 1) if n < 0 else n)

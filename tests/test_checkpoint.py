@@ -165,18 +165,24 @@ def test_crafted_and_damaged_checkpoints_are_one_line_checkpoint_errors(tmp_path
 
 
 def test_cut_anywhere_is_a_checkpoint_error(tmp_path):
-    """A checkpoint cut at every one of 200 places (entry boundaries, mid-field, mid-tensor), with and without its
-    CRC: never a partial read."""
+    """A checkpoint cut at every entry boundary and 250 other places (mid-field, mid-tensor): never a partial read.
+    Written with a CRC (checkpoint.save): every cut, read with require_crc as RunFolder.latest reads (a cut between two
+    entries leaves a file the format alone cannot tell from a smaller checkpoint). Without a CRC: every cut inside an
+    entry."""
     path = str(tmp_path / "model.ckpt")
     checkpoint.save(tiny(), path)
     raw = open(path, "rb").read()
+    boundaries = crafted_ckpt.entry_ends(raw)
+    cuts = sorted({0, *boundaries, *range(1, 150), *np.linspace(150, len(raw) - 1, 100, dtype=int).tolist()})
+    assert len(boundaries) > 20 and len(cuts) > 250
     bad = str(tmp_path / "cut.ckpt")
-    for body in (raw, crafted_ckpt.without_crc(raw)):
-        for end in sorted({*range(0, 300), *np.linspace(300, len(body) - 1, 100, dtype=int).tolist()})[::2]:
+    body = crafted_ckpt.without_crc(raw)
+    for whole, ends, require_crc in ((raw, cuts, True), (body, set(cuts) - set(boundaries), False)):
+        for end in (end for end in ends if end < len(whole)):
             with open(bad, "wb") as f:
-                f.write(body[:end])
+                f.write(whole[:end])
             with pytest.raises(CheckpointError, match="truncated or corrupted"):
-                checkpoint.read(bad)
+                checkpoint.read(bad, require_crc=require_crc)
 
 
 def test_every_type_mindspore_writes_reads_as_mindspores_loader_reads_it(tmp_path):
@@ -259,6 +265,8 @@ def test_latest_passes_over_damaged_newer_checkpoints_in_one_line(tmp_path, capl
     good = tmp_path / "vit-1_5.ckpt"
     checkpoint.save(tiny(), str(good), meta={"epoch": 1})
     for name, (data, says) in crafted_ckpt.kinds(good.read_bytes()).items():
+        if data and data[-crafted_ckpt.TRAILER:-10] != b"crc_num":
+            data = crafted_ckpt.with_crc(data)             # (else the missing CRC is all the line says)
         for newer in ("vit-2_5.ckpt", "vit-3_2.ckpt"):
             (tmp_path / newer).write_bytes(data)
         caplog.clear()
@@ -270,6 +278,20 @@ def test_latest_passes_over_damaged_newer_checkpoints_in_one_line(tmp_path, capl
         assert lines[0].startswith(f"cannot read checkpoint {tmp_path / 'vit-3_2.ckpt'}: ")
         assert f"cannot read checkpoint {tmp_path / 'vit-2_5.ckpt'}: " in lines[0] and says in lines[0]
         assert lines[0].endswith(f": passing over them, resuming from {good} instead"), lines[0]
+
+
+def test_latest_passes_over_a_checkpoint_cut_between_entries(tmp_path, caplog):
+    """A run's checkpoint cut exactly between two entries (its optimizer state, position and metadata lost) reads
+    whole but for its CRC: passed over, never resumed from (it would restart the run at epoch 0)."""
+    good = tmp_path / "vit-1_5.ckpt"
+    checkpoint.save(tiny(), str(good), meta={"epoch": 1})
+    raw = good.read_bytes()
+    (tmp_path / "vit-2_5.ckpt").write_bytes(raw[:crafted_ckpt.entry_ends(raw)[-3]])
+    assert checkpoint.read(str(tmp_path / "vit-2_5.ckpt"))[1] == {}              # whole, to the format
+    with caplog.at_level(logging.WARNING, logger="ms_vit"):
+        assert RunFolder(str(tmp_path)).latest()[0] == str(good)
+    assert f"vit-2_5.ckpt: the file is truncated or corrupted ({len(raw[:crafted_ckpt.entry_ends(raw)[-3]]):,} " \
+           f"bytes: its CRC is missing: cut): passing over it, resuming from {good} instead" in caplog.text
 
 
 def test_latest_refuses_when_no_checkpoint_reads(tmp_path):

@@ -69,9 +69,9 @@ def varint_offsets(data: bytes) -> list:
     def walk(pos, end, inner):                  # inner: field number -> the fields of the message it holds
         while pos < end:
             offsets.append(pos)
-            key, pos = _varint(data, pos)
+            key, pos = crafted_ckpt.read_varint(data, pos)
             offsets.append(pos)
-            number, pos = _varint(data, pos)
+            number, pos = crafted_ckpt.read_varint(data, pos)
             if key & 7 == 2:
                 if key >> 3 in inner:
                     walk(pos, pos + number, inner[key >> 3])
@@ -79,15 +79,6 @@ def varint_offsets(data: bytes) -> list:
 
     walk(0, len(crafted_ckpt.without_crc(data)), {1: {2: {}}})     # Checkpoint.value -> Value.tensor -> TensorProto
     return offsets
-
-
-def _varint(data: bytes, pos: int):
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        value, pos, shift = value | (byte & 0x7F) << shift, pos + 1, shift + 7
-        if byte < 0x80:
-            return value, pos
 
 
 def mutate(data: bytes, draw) -> bytes:
@@ -110,7 +101,7 @@ def mutate(data: bytes, draw) -> bytes:
             del out[pos:pos + draw(st.integers(1, 16))]
         else:                                         # a key, length or dim replaced by an extreme value
             at = draw(st.sampled_from([o for o in offsets if o < len(out)] or [0]))
-            _, after = _varint(bytes(out) + b"\x00", at)
+            _, after = crafted_ckpt.read_varint(bytes(out) + b"\x00", at)
             out[at:min(after, len(out))] = crafted_ckpt.varint(draw(st.sampled_from(EXTREMES)))
             offsets = []                              # (the offsets after it moved)
     return bytes(out)
