@@ -6,7 +6,6 @@ names follow ``ms_vit.vit``; it carries one extra string entry, ``ms_vit_meta``:
 ``ViTConfig`` (architecture, numerics, preprocessing), the class list and names, and training state.
 Checkpoints without it (the public ``vit_b_16_224.ckpt``) load as well, given a variant name.
 """
-import binascii
 import json
 import logging
 import math
@@ -18,6 +17,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from . import ckpt_format
 from .files import write_atomically
 from .vit import ARCHS, ViTConfig, config_name
 
@@ -58,146 +58,45 @@ def save(net: nn.Cell, path: str, meta: Optional[dict] = None, extra_params=None
     write_atomically(path, write)
 
 
-def read(path: str):
-    """Read a checkpoint: ``(params, meta)``, params a name -> numpy array dict, meta a dict
-    (empty for checkpoints not written by ms_vit). A truncated or corrupted file (CRC mismatch, for those written
-    by ``save``) raises ``CheckpointError``.
+def read(path: str, require_crc: bool = False):
+    """Read a checkpoint: ``(params, meta)``, params a name -> numpy array dict (``BFloat16`` tensors as float32),
+    meta a dict (empty for checkpoints not written by ms_vit). ``require_crc``: the file was written by ``save``
+    (with a CRC), so one without a CRC is cut.
 
-    Plain checkpoints are read by ``_read_ckpt`` straight into one numpy array per parameter (peak memory: the
-    weights once; ``mindspore.load_checkpoint`` holds the file's bytes, a copy of them and the tensors at once:
-    B/16 +660 MB -> +350 MB); anything else (encrypted, map tensors, bfloat16) goes to MindSpore's loader."""
+    The file is read by ``ckpt_format.read_entries``, which checks every length and shape against the file before
+    it allocates (never ``mindspore.load_checkpoint``, which does not: a crafted file corrupts its heap), straight
+    into one numpy array per tensor (peak memory: the weights once). Whatever is wrong with the file (empty,
+    truncated, a CRC mismatch, lengths or dims that do not fit, metadata that is not JSON, encrypted) raises
+    ``CheckpointError`` saying so."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
-    def damaged():
+
+    def damaged(reason):
         return CheckpointError(f"cannot read checkpoint {path}: the file is truncated or corrupted "
-                               f"({os.path.getsize(path):,} bytes)")
+                               f"({os.path.getsize(path):,} bytes: {reason})")
 
     try:
-        raw = _read_ckpt(path)
-    except _Unsupported:
-        raw = None
-    except (ValueError, OSError, EOFError):
-        raise damaged() from None
-    if raw is None:
+        raw = ckpt_format.read_entries(path, require_crc)
+    except ckpt_format.DamagedFile as exc:
+        raise damaged(exc) from None
+    except ckpt_format.UnsupportedFile as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    except MemoryError:
+        raise CheckpointError(f"cannot read checkpoint {path}: not enough memory for its "
+                              f"{os.path.getsize(path):,} bytes") from None
+    meta = {}
+    if META_KEY in raw:
+        text = raw.pop(META_KEY)
         try:
-            loaded = ms.load_checkpoint(path, crc_check=True)
-        except Exception:  # MindSpore raises ValueError/RuntimeError on damaged files
-            raise damaged() from None
-        raw = {k: (v.asnumpy() if isinstance(v, ms.Parameter) else v) for k, v in loaded.items()}
-    meta = json.loads(raw.pop(META_KEY)) if isinstance(raw.get(META_KEY), str) else {}
+            meta = json.loads(text) if isinstance(text, str) else None
+        except (ValueError, RecursionError):                  # not JSON, or nested deeper than Python recurses
+            meta = None
+        if not isinstance(meta, dict):
+            raise damaged(f"its {META_KEY} entry is not a JSON object")
     params = {k: v for k, v in raw.items() if isinstance(v, np.ndarray)}
     return params, meta
-
-
-class _Unsupported(Exception):
-    """A checkpoint feature ``_read_ckpt`` leaves to MindSpore's loader."""
-
-
-_NP_TYPES = {"Int8": np.int8, "UInt8": np.uint8, "Int16": np.int16, "UInt16": np.uint16, "Int32": np.int32,
-             "UInt32": np.uint32, "Int64": np.int64, "UInt64": np.uint64, "Float16": np.float16,
-             "Float32": np.float32, "Float64": np.float64, "Bool": np.bool_}
-_CRC_TRAILER = 17                          # b"crc_num" + the CRC-32 of everything before, 10 bytes big-endian
-
-
-class _Reader:
-    """Sequential reads of a file with a running CRC-32 of every byte read."""
-
-    def __init__(self, f, end: int):
-        self.f, self.end, self.crc, self.pos = f, end, 0, 0
-
-    def read(self, n: int) -> bytes:
-        if self.pos + n > self.end:
-            raise EOFError
-        data = self.f.read(n)
-        if len(data) != n:
-            raise EOFError
-        self.crc, self.pos = binascii.crc32(data, self.crc), self.pos + n
-        return data
-
-    def read_into(self, array: np.ndarray) -> None:
-        view = memoryview(array).cast("B")
-        if self.pos + len(view) > self.end or self.f.readinto(view) != len(view):
-            raise EOFError
-        self.crc, self.pos = binascii.crc32(view, self.crc), self.pos + len(view)
-
-    def varint(self) -> int:
-        value = shift = 0
-        while True:
-            byte = self.read(1)[0]
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value
-            shift += 7
-            if shift > 63:
-                raise ValueError("bad varint")
-
-
-def _read_ckpt(path: str) -> dict:
-    """A MindSpore ``.ckpt`` (protobuf ``Checkpoint { repeated Value { tag; TensorProto { dims; tensor_type;
-    tensor_content } } }``, then an optional CRC trailer) read field by field: each tensor's bytes go straight into
-    its own numpy array. Large tensors that MindSpore split over consecutive values of one tag are joined."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        f.seek(max(0, size - _CRC_TRAILER))
-        trailer = f.read()
-        f.seek(0)
-        has_crc = len(trailer) == _CRC_TRAILER and trailer[:7] == b"crc_num"
-        reader = _Reader(f, size - _CRC_TRAILER if has_crc else size)
-        out, pending = {}, {}                # pending: tag -> (array, bytes filled) of a split tensor
-        while reader.pos < reader.end:
-            if reader.varint() != (1 << 3 | 2):
-                raise ValueError("not a checkpoint")
-            value_end = reader.pos + reader.varint()
-            tag, dims, kind, content = None, [], None, None
-            while reader.pos < value_end:
-                key = reader.varint()
-                if key == (1 << 3 | 2):
-                    tag = reader.read(reader.varint()).decode()
-                elif key == (2 << 3 | 2):
-                    tensor_end = reader.pos + reader.varint()
-                    while reader.pos < tensor_end:
-                        field = reader.varint()
-                        if field == (1 << 3 | 0):
-                            dims.append(reader.varint())
-                        elif field == (1 << 3 | 2):
-                            packed_end = reader.pos + reader.varint()
-                            while reader.pos < packed_end:
-                                dims.append(reader.varint())
-                        elif field == (2 << 3 | 2):
-                            kind = reader.read(reader.varint()).decode()
-                        elif field == (3 << 3 | 2):
-                            content = np.empty(reader.varint(), np.uint8)
-                            reader.read_into(content)
-                        else:
-                            raise _Unsupported
-                else:
-                    raise _Unsupported        # map tensors
-            if tag is None or kind is None or content is None:
-                raise ValueError("incomplete value")
-            if kind == "str":
-                out[tag] = str(np.frombuffer(content.tobytes(), f"U{len(content) // 4}")[0])
-                continue
-            if kind not in _NP_TYPES:
-                raise _Unsupported            # bfloat16, int4
-            shape = () if dims == [0] else tuple(dims)
-            dtype = np.dtype(_NP_TYPES[kind])
-            total = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            if len(content) == total and tag not in pending:
-                out[tag] = content.view(dtype).reshape(shape)
-                continue
-            array, filled = pending.get(tag) or (np.empty(shape, dtype), 0)       # one part of a split tensor
-            flat = array.reshape(-1).view(np.uint8)
-            if filled + len(content) > total:
-                raise ValueError("split tensor overflows")
-            flat[filled:filled + len(content)] = content
-            pending[tag] = (array, filled + len(content))
-            if filled + len(content) == total:
-                out[tag] = pending.pop(tag)[0]
-        if pending:
-            raise ValueError("split tensor incomplete")
-        if has_crc and reader.crc != int.from_bytes(trailer[7:], "big"):
-            raise ValueError("CRC mismatch")
-    return out
 
 
 def network_params(params: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -321,7 +220,7 @@ def load_into(net: nn.Cell, params: Dict[str, np.ndarray], source: str = "checkp
         logger.warning(note)
     for name, value in to_load.items():
         param = net_params[name]
-        if value.dtype == _NP_TYPES.get(str(param.dtype)) and value.flags.c_contiguous:
+        if value.dtype == ckpt_format.NP_TYPES.get(str(param.dtype)) and value.flags.c_contiguous:
             param.set_data(ms.Tensor.from_numpy(value))          # the checkpoint's buffer itself: no second copy
         else:
             param.set_data(ms.Tensor(value, dtype=param.dtype))

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import sys
+import zipfile
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -292,9 +293,11 @@ def load_source(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
             from safetensors.numpy import load_file
             tensors = load_file(path)
         elif ext == ".npz":
+            _check_zip(path)
             with np.load(path) as npz:
                 tensors = {k: npz[k] for k in npz.files}
         elif ext in (".pth", ".pt", ".bin"):
+            _check_zip(path)
             tensors = _load_torch(path)
         else:
             raise ConversionError(f"{path}: unknown format {ext or '(none)'}; expected .ckpt, .safetensors, .npz, "
@@ -305,6 +308,23 @@ def load_source(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
         raise ConversionError(f"cannot read {path}: the file is truncated or corrupted, or not what its name says "
                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     return tensors, meta
+
+
+# numpy (.npz) and torch (.pth: a zip since PyTorch 1.6) allocate and inflate what a zip's members declare; weights
+# barely compress (float32: ~1.1x), so members declaring more than 16x the file (beyond 64 MB) are a decompression
+# bomb (deflate reaches ~1000x), refused before anything is inflated
+_MAX_EXPANSION, _SMALL_ZIP = 16, 64 << 20
+
+
+def _check_zip(path):
+    if not zipfile.is_zipfile(path):
+        return                                                    # (an old non-zip .pth: torch reads it as it is)
+    with zipfile.ZipFile(path) as archive:
+        declared = sum(info.file_size for info in archive.infolist())
+    size = os.path.getsize(path)
+    if declared > max(_MAX_EXPANSION * size, _SMALL_ZIP):
+        raise ConversionError(f"cannot read {path}: its members declare {declared:,} bytes, {declared // size:,} "
+                              f"times the file's {size:,}: a decompression bomb, not weights")
 
 
 def _load_torch(path):

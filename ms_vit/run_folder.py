@@ -6,7 +6,7 @@
 * ``vit-<epoch>_<step>.ckpt``: the network, optimizer state, EMA and position in the run, written by MindSpore
   (``<name>.tmp``, then renamed): complete or absent. ``<step>`` counts the steps done in ``<epoch>``: all of them
   after an epoch, fewer when the run was interrupted. The ``keep`` newest are kept.
-* ``latest()``: the newest complete checkpoint, for ``--resume auto``.
+* ``latest()``: the newest checkpoint that reads, for ``--resume auto``; never a silent new run over damaged ones.
 """
 import fcntl
 import glob
@@ -92,13 +92,26 @@ class RunFolder:
         return found[-1][2] if found else "none yet"
 
     def latest(self):
-        """The newest checkpoint that reads back whole, as ``(path, params, meta)`` (``checkpoint.read``); a damaged
-        one is reported and passed over. None when there is none."""
+        """The newest checkpoint that reads back whole, as ``(path, params, meta)`` (``checkpoint.read``), or None when
+        the folder holds none. Newer ones that do not read (empty, truncated, corrupted; without the CRC that
+        ``checkpoint.save`` writes: cut between two entries) are passed over in one warning that names them and the
+        one resumed from instead. When checkpoints exist and none reads, raises ``CheckpointError`` naming them: a
+        new run would overwrite ``best.ckpt`` and the history, so the user decides."""
+        unreadable = []
         for _, _, path in reversed(self.checkpoints()):
             try:
-                return (path, *checkpoint.read(path))
+                params, meta = checkpoint.read(path, require_crc=True)
             except checkpoint.CheckpointError as exc:
-                logger.warning(f"passing over {exc}")
+                unreadable.append(str(exc))
+                continue
+            if unreadable:
+                logger.warning(f"{'; '.join(unreadable)}: passing over {'it' if len(unreadable) == 1 else 'them'}, "
+                               f"resuming from {path} instead")
+            return path, params, meta
+        if unreadable:
+            raise checkpoint.CheckpointError(
+                f"no checkpoint in {self.folder} can be read ({'; '.join(unreadable)}): --resume auto does not start "
+                "a new run over them; move them away to start one, or continue from another with --resume FILE")
         return None
 
     def save(self, name: str, save) -> str:

@@ -1,12 +1,15 @@
 """Unit tests of ms_vit.checkpoint and create_model(checkpoint_path=...)."""
 import logging
+import os
 
+import crafted_ckpt
 import mindspore as ms
 import numpy as np
 import pytest
 from conftest import shared_path
 
-from ms_vit import CheckpointError, checkpoint, create_model
+from ms_vit import CheckpointError, checkpoint, ckpt_format, convert, create_model
+from ms_vit.run_folder import RunFolder
 
 TINY = dict(num_classes=10, image_size=32, patch_size=8, depth=2)
 
@@ -128,3 +131,180 @@ def test_other_image_size_resamples_and_runs(tmp_path, caplog):
     assert np.isfinite(net(images(size=64)).asnumpy()).all()
     same = create_model(checkpoint_path=path)
     np.testing.assert_array_equal(same.pos_embedding.asnumpy(), src.pos_embedding.asnumpy())
+
+
+# --- reading files that are damaged or crafted ---------------------------------------------------------------------
+
+def encrypted(tmp_path, mode):
+    """A checkpoint MindSpore encrypted (``save_checkpoint(enc_key=...)``)."""
+    path = str(tmp_path / f"encrypted-{mode}.ckpt")
+    ms.save_checkpoint([{"name": "w", "data": ms.Tensor(np.ones((2, 3), np.float32))}], path,
+                       enc_key=b"0123456789abcdef", enc_mode=mode)
+    return open(path, "rb").read()
+
+
+def test_crafted_and_damaged_checkpoints_are_one_line_checkpoint_errors(tmp_path):
+    """Every kind of crafted or damaged file (crafted_ckpt.kinds: lengths, dims, types, strings, metadata, map and
+    int4 tensors, empty) and MindSpore's encrypted files: a CheckpointError of one line naming the file and saying
+    why, from checkpoint.read and from the converter's reader alike."""
+    path = str(tmp_path / "model.ckpt")
+    checkpoint.save(tiny(), path)
+    cases = crafted_ckpt.kinds(open(path, "rb").read())
+    for mode in ("AES-GCM", "SM4-CBC"):
+        cases[f"encrypted {mode}"] = (encrypted(tmp_path, mode), "it is encrypted")
+    for name, (data, says) in cases.items():
+        bad = str(tmp_path / "bad.ckpt")
+        with open(bad, "wb") as f:
+            f.write(data)
+        for reader in (checkpoint.read, convert.read_pretrained):
+            with pytest.raises(CheckpointError) as err:
+                reader(bad)
+            message = str(err.value)
+            assert message.startswith(f"cannot read checkpoint {bad}: ") and says in message, (name, message)
+            assert "\n" not in message and len(message) < 400, (name, message)
+
+
+def test_cut_anywhere_is_a_checkpoint_error(tmp_path):
+    """A checkpoint cut at every entry boundary and 250 other places (mid-field, mid-tensor): never a partial read.
+    Written with a CRC (checkpoint.save): every cut, read with require_crc as RunFolder.latest reads (a cut between two
+    entries leaves a file the format alone cannot tell from a smaller checkpoint). Without a CRC: every cut inside an
+    entry."""
+    path = str(tmp_path / "model.ckpt")
+    checkpoint.save(tiny(), path)
+    raw = open(path, "rb").read()
+    boundaries = crafted_ckpt.entry_ends(raw)
+    cuts = sorted({0, *boundaries, *range(1, 150), *np.linspace(150, len(raw) - 1, 100, dtype=int).tolist()})
+    assert len(boundaries) > 20 and len(cuts) > 250
+    bad = str(tmp_path / "cut.ckpt")
+    body = crafted_ckpt.without_crc(raw)
+    for whole, ends, require_crc in ((raw, cuts, True), (body, set(cuts) - set(boundaries), False)):
+        for end in (end for end in ends if end < len(whole)):
+            with open(bad, "wb") as f:
+                f.write(whole[:end])
+            with pytest.raises(CheckpointError, match="truncated or corrupted"):
+                checkpoint.read(bad, require_crc=require_crc)
+
+
+def test_every_type_mindspore_writes_reads_as_mindspores_loader_reads_it(tmp_path):
+    """Tensors of every type MindSpore writes (bfloat16 among them: decoded to float32 as MindSpore's own cast does,
+    bit for bit, infinities, NaN, subnormals and -0 included), scalars and strings: what MindSpore's loader gives,
+    exactly (reading is copying bytes: no rounding anywhere)."""
+    rng = np.random.default_rng(0)
+    special = np.array([np.inf, -np.inf, np.nan, -0.0, 1e-40, -3e38, 65504.0, 1.0 / 3], np.float32)
+    data = {
+        "bf16": ms.Tensor(np.concatenate([special, rng.standard_normal(40, np.float32)]).reshape(6, 8), ms.bfloat16),
+        "bf16_scalar": ms.Tensor(np.float32(-2.5), ms.bfloat16),
+        "bool": ms.Tensor(rng.random((3, 5)) > 0.5),
+    }
+    for kind in ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"):
+        info = np.iinfo(kind)
+        data[kind] = ms.Tensor(rng.integers(info.min, info.max, (4, 3), dtype=kind, endpoint=True))
+    for kind in ("float16", "float32", "float64"):
+        data[kind] = ms.Tensor(rng.standard_normal((2, 3, 4)).astype(kind))
+    data["empty"] = ms.Tensor(np.zeros((0, 4), np.float32))
+    path = str(tmp_path / "types.ckpt")
+    ms.save_checkpoint([{"name": k, "data": ms.Parameter(v, name=k)} for k, v in data.items()], path,
+                       append_dict={"epoch_num": 7, "lr": 0.5, "note": "héllo, ✓ 𝄞"}, crc_check=True)
+    ours = ckpt_format.read_entries(path)
+    theirs = ms.load_checkpoint(path)
+    assert sorted(ours) == sorted(theirs)
+    for name, value in theirs.items():
+        if isinstance(value, str):
+            assert ours[name] == value
+            continue
+        expected = (value.float() if value.dtype == ms.bfloat16 else value).asnumpy()
+        assert ours[name].dtype == expected.dtype and ours[name].shape == expected.shape, name
+        np.testing.assert_array_equal(ours[name], expected, err_msg=name)
+    assert ours["bf16"].dtype == np.float32 and np.isnan(ours["bf16"][0, 2]) and np.signbit(ours["bf16"][0, 3])
+
+
+def test_tensors_mindspore_splits_are_joined(tmp_path, monkeypatch):
+    """MindSpore splits a tensor over 512 MB into consecutive entries of one name; its own writer with the threshold
+    lowered to 1 KB (serialization.SLICE_SIZE, read at every write) splits these into parts: read as its loader
+    joins them."""
+    from mindspore.train import checkpoint_pb2, serialization
+    monkeypatch.setattr(serialization, "SLICE_SIZE", 1)
+    rng = np.random.default_rng(1)
+    params = [{"name": "w", "data": ms.Parameter(ms.Tensor(rng.standard_normal((7, 300), np.float32)), name="w")},
+              {"name": "h", "data": ms.Parameter(ms.Tensor(rng.standard_normal(1000, np.float32), ms.bfloat16),
+                                                 name="h")}]
+    path = str(tmp_path / "split.ckpt")
+    ms.save_checkpoint(params, path, crc_check=True)
+    proto = checkpoint_pb2.Checkpoint()
+    proto.ParseFromString(open(path, "rb").read()[:-crafted_ckpt.TRAILER])
+    assert [v.tag for v in proto.value].count("w") == 9 and [v.tag for v in proto.value].count("h") == 2
+    ours, theirs = ckpt_format.read_entries(path), ms.load_checkpoint(path)
+    np.testing.assert_array_equal(ours["w"], theirs["w"].asnumpy())
+    np.testing.assert_array_equal(ours["h"], theirs["h"].float().asnumpy())
+
+
+def test_unknown_fields_are_skipped_as_protobuf_does(tmp_path):
+    """Fields MindSpore does not write, of every wire type, in the file, in an entry and in a tensor: skipped (and
+    counted in the CRC); the entries read as without them."""
+    w = np.arange(6, dtype=np.float32)
+    unknown = (crafted_ckpt.field(7, crafted_ckpt.varint(300), wire=0) + crafted_ckpt.field(8, bytes(8), wire=1) +
+               crafted_ckpt.field(9, b"abc") + crafted_ckpt.field(10, bytes(4), wire=5))
+    value = crafted_ckpt.field(1, crafted_ckpt.field(1, b"w") + unknown + crafted_ckpt.field(
+        2, unknown + crafted_ckpt.tensor([2, 3], "Float32", w.tobytes()) + unknown) + unknown)
+    path = tmp_path / "unknown.ckpt"
+    path.write_bytes(crafted_ckpt.with_crc(unknown + value + unknown + crafted_ckpt.meta({"epoch": 2})))
+    params, meta = checkpoint.read(str(path))
+    np.testing.assert_array_equal(params["w"], w.reshape(2, 3))
+    assert meta == {"epoch": 2}
+    packed = tmp_path / "packed.ckpt"                               # dims packed, as protobuf may also write them
+    packed.write_bytes(crafted_ckpt.field(1, crafted_ckpt.field(1, b"w") + crafted_ckpt.field(
+        2, crafted_ckpt.tensor([3, 2], "Float32", w.tobytes(), packed=True))))
+    np.testing.assert_array_equal(checkpoint.read(str(packed))[0]["w"], w.reshape(3, 2))
+
+
+# --- --resume auto: the newest checkpoint that reads ---------------------------------------------------------------
+
+def test_latest_passes_over_damaged_newer_checkpoints_in_one_line(tmp_path, caplog):
+    """Every kind of damage in the newest checkpoints: RunFolder.latest() resumes from the newest that reads, in one
+    warning naming the ones passed over and the one resumed from."""
+    good = tmp_path / "vit-1_5.ckpt"
+    checkpoint.save(tiny(), str(good), meta={"epoch": 1})
+    for name, (data, says) in crafted_ckpt.kinds(good.read_bytes()).items():
+        if data and data[-crafted_ckpt.TRAILER:-10] != b"crc_num":
+            data = crafted_ckpt.with_crc(data)             # (else the missing CRC is all the line says)
+        for newer in ("vit-2_5.ckpt", "vit-3_2.ckpt"):
+            (tmp_path / newer).write_bytes(data)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ms_vit"):
+            path, params, meta = RunFolder(str(tmp_path)).latest()
+        assert path == str(good) and meta["epoch"] == 1 and "cls" in params
+        lines = [r.getMessage() for r in caplog.records if r.name == "ms_vit"]
+        assert len(lines) == 1 and "\n" not in lines[0], (name, lines)
+        assert lines[0].startswith(f"cannot read checkpoint {tmp_path / 'vit-3_2.ckpt'}: ")
+        assert f"cannot read checkpoint {tmp_path / 'vit-2_5.ckpt'}: " in lines[0] and says in lines[0]
+        assert lines[0].endswith(f": passing over them, resuming from {good} instead"), lines[0]
+
+
+def test_latest_passes_over_a_checkpoint_cut_between_entries(tmp_path, caplog):
+    """A run's checkpoint cut exactly between two entries (its optimizer state, position and metadata lost) reads
+    whole but for its CRC: passed over, never resumed from (it would restart the run at epoch 0)."""
+    good = tmp_path / "vit-1_5.ckpt"
+    checkpoint.save(tiny(), str(good), meta={"epoch": 1})
+    raw = good.read_bytes()
+    (tmp_path / "vit-2_5.ckpt").write_bytes(raw[:crafted_ckpt.entry_ends(raw)[-3]])
+    assert checkpoint.read(str(tmp_path / "vit-2_5.ckpt"))[1] == {}              # whole, to the format
+    with caplog.at_level(logging.WARNING, logger="ms_vit"):
+        assert RunFolder(str(tmp_path)).latest()[0] == str(good)
+    assert f"vit-2_5.ckpt: the file is truncated or corrupted ({len(raw[:crafted_ckpt.entry_ends(raw)[-3]]):,} " \
+           f"bytes: its CRC is missing: cut): passing over it, resuming from {good} instead" in caplog.text
+
+
+def test_latest_refuses_when_no_checkpoint_reads(tmp_path):
+    """Checkpoints that all fail to read: an error naming them (a new run would overwrite best.ckpt); no checkpoint
+    at all: None (a new run)."""
+    assert RunFolder(str(tmp_path)).latest() is None
+    (tmp_path / "vit-1_5.ckpt").write_bytes(b"")
+    (tmp_path / "vit-2_5.ckpt").write_bytes(b"\x0a\x05abc")
+    with pytest.raises(CheckpointError) as err:
+        RunFolder(str(tmp_path)).latest()
+    message = str(err.value)
+    assert message.startswith(f"no checkpoint in {tmp_path} can be read (cannot read checkpoint "
+                              f"{tmp_path / 'vit-2_5.ckpt'}: ") and "\n" not in message
+    assert f"{tmp_path / 'vit-1_5.ckpt'}: the file is truncated or corrupted (0 bytes: empty)" in message
+    assert "--resume auto does not start a new run over them" in message
+    assert sorted(os.listdir(tmp_path)) == ["vit-1_5.ckpt", "vit-2_5.ckpt"]             # nothing removed

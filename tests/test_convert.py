@@ -1,8 +1,11 @@
 """ms_vit.convert: timm and JAX weights reproduce timm's logits (the other layouts: tests/test_weights.py)."""
+import io
 import json
 import os
+import struct
 import subprocess
 import sys
+import zipfile
 
 import mindspore as ms
 import numpy as np
@@ -11,7 +14,7 @@ from conftest import ROOT, shared_path
 from safetensors.numpy import load_file, save_file
 
 from ms_vit import create_model
-from ms_vit.convert import TIMM_NAMES, ConversionError, convert
+from ms_vit.convert import TIMM_NAMES, ConversionError, convert, load_source
 
 FIXTURE = ("fixtures", "timm_vit_parity")
 
@@ -128,3 +131,69 @@ def test_cli_converts_and_fails_cleanly(tmp_path):
                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.strip().startswith("error: checkpoint not found")
     assert "Traceback" not in run.stderr
+
+
+def _safetensors(header, data=b"", declared=None) -> bytes:
+    text = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(text) if declared is None else declared) + text + data
+
+
+def _npy(shape, payload: bytes) -> bytes:
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return out.getvalue() + payload
+
+
+def _zip(path, members: dict, compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", compression=compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def test_damaged_or_crafted_sources_of_every_format_are_one_line_errors(tmp_path):
+    """The converter's other inputs, crafted: safetensors headers (huge or short lengths, bad or deeply nested JSON,
+    offsets past the end, shapes that do not fit, overflowing shapes), npz and PyTorch zips (huge shapes, cut,
+    pickled objects, decompression bombs: 80 MB of zeros in 80 KB), each a one-line ConversionError naming the
+    file, with bounded memory (the bombs are refused before anything is inflated)."""
+    import torch
+    cls = {"dtype": "F32", "shape": [1, 1, 48], "data_offsets": [0, 192]}
+    made = {
+        "len.safetensors": (_safetensors(b"{}", declared=2**63), "header too large"),
+        "short.safetensors": (_safetensors(b'{"a": 1}', declared=10**6), "invalid header length"),
+        "json.safetensors": (_safetensors(b'{"a": [1,2'), "invalid JSON"),
+        "nested.safetensors": (_safetensors(b"[" * 100_000), "invalid JSON"),
+        "offsets.safetensors": (_safetensors({"cls_token": cls}, bytes(10)), "Error while deserializing"),
+        "shape.safetensors": (_safetensors({"cls_token": dict(cls, shape=[10**6])}, bytes(192)),
+                              "Error while deserializing"),
+        "overflow.safetensors": (_safetensors({"cls_token": dict(cls, shape=[2**62, 2**62])}, bytes(192)),
+                                 "overflow"),
+        "empty.safetensors": (b"", "header too small"),
+    }
+    for name, (data, says) in made.items():
+        (tmp_path / name).write_bytes(data)
+    _zip(tmp_path / "huge.npz", {"cls.npy": _npy((2**40,), bytes(16))})
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    _zip(tmp_path / "object.npz", {"cls.npy": pickled.getvalue()})
+    np.savez(tmp_path / "cut.npz", cls=np.zeros(300, np.float32))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:-100])
+    _zip(tmp_path / "bomb.npz", {"cls.npy": _npy((20 << 20,), bytes(80 << 20))}, zipfile.ZIP_DEFLATED)
+    torch.save({"cls_token": torch.zeros(1000)}, tmp_path / "model.pth")
+    raw = (tmp_path / "model.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(raw[:len(raw) // 2])
+    with zipfile.ZipFile(tmp_path / "model.pth") as source:
+        members = {info.filename: source.read(info.filename) for info in source.infolist()}
+    storage = next(name for name in members if name.endswith("/data/0"))
+    _zip(tmp_path / "small_storage.pth", dict(members, **{storage: members[storage][:40]}))
+    _zip(tmp_path / "bomb.pth", dict(members, **{storage: bytes(80 << 20)}), zipfile.ZIP_DEFLATED)
+    made.update({"huge.npz": (None, "Unable to allocate"), "object.npz": (None, "Object arrays cannot be loaded"),
+                 "cut.npz": (None, "cannot read"), "bomb.npz": (None, "a decompression bomb, not weights"),
+                 "cut.pth": (None, "cannot read"), "small_storage.pth": (None, "does not match expected size"),
+                 "bomb.pth": (None, "a decompression bomb, not weights")})
+    for name, (_, says) in made.items():
+        path = str(tmp_path / name)
+        with pytest.raises(ConversionError) as err:
+            load_source(path)
+        message = str(err.value)
+        assert message.startswith(f"cannot read {path}: ") and says in message, (name, message)
+        assert "\n" not in message, (name, message)

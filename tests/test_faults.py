@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import crafted_ckpt
 import numpy as np
 import pytest
 from conftest import ROOT
@@ -186,6 +187,10 @@ def test_unwritable_checkpoint_folder_is_an_error_before_training(imagenet_sampl
 
 
 def test_damaged_checkpoint_is_one_error_line_everywhere(imagenet_sample, tmp_path):
+    """A cut file and a flipped byte through every entry script; every crafted kind (crafted_ckpt.kinds, and a file
+    MindSpore encrypted) through one of them in turn, the heap-corrupting one (Float32 dims [1] with 1 MiB: "double
+    free or corruption" in MindSpore's loader) through all: one error line, status 2, no signal, no traceback."""
+    import mindspore as ms
     result = train(imagenet_sample, tmp_path / "run", "--epoch_size", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     raw = open(tmp_path / "run" / "vit-1_5.ckpt", "rb").read()
@@ -195,16 +200,31 @@ def test_damaged_checkpoint_is_one_error_line_everywhere(imagenet_sample, tmp_pa
     damaged[len(raw) // 2] ^= 0x55                                     # one byte inside a weight: the CRC catches it
     flipped.write_bytes(bytes(damaged))
     image = glob.glob(os.path.join(imagenet_sample, "val", "*", "*"))[0]
+
+    def scripts(bad):
+        return [("train.py", "--data_dir", imagenet_sample, "--resume", str(bad),
+                 "--ckpt_save_dir", str(tmp_path / "resumed")),
+                ("train.py", "--data_dir", imagenet_sample, "--pretrained", str(bad),
+                 "--ckpt_save_dir", str(tmp_path / "finetuned")),
+                ("eval.py", "--data_dir", imagenet_sample, "--ckpt_path", str(bad)),
+                ("infer.py", "--ckpt_path", str(bad), image),
+                ("export.py", "--ckpt_path", str(bad), "--file_format", "MINDIR"),
+                ("-m", "ms_vit.convert", str(bad), "--out", str(tmp_path / "converted.ckpt"))]
+
     for bad in (cut, flipped):
         message = f"cannot read checkpoint {bad}: the file is truncated or corrupted"
-        for script, *args in [("train.py", "--data_dir", imagenet_sample, "--resume", str(bad),
-                               "--ckpt_save_dir", str(tmp_path / "resumed")),
-                              ("train.py", "--data_dir", imagenet_sample, "--pretrained", str(bad),
-                               "--ckpt_save_dir", str(tmp_path / "finetuned")),
-                              ("eval.py", "--data_dir", imagenet_sample, "--ckpt_path", str(bad)),
-                              ("infer.py", "--ckpt_path", str(bad), image),
-                              ("export.py", "--ckpt_path", str(bad), "--file_format", "MINDIR")]:
-            assert_clean_error(run_script(script, *args), message)
+        for args in scripts(bad):
+            assert_clean_error(run_script(*args), message)
+    crafted = crafted_ckpt.kinds(raw)
+    ms.save_checkpoint([{"name": "w", "data": ms.Tensor(np.ones(3, np.float32))}], str(tmp_path / "enc.ckpt"),
+                       enc_key=b"0123456789abcdef")
+    crafted["encrypted"] = (open(tmp_path / "enc.ckpt", "rb").read(), "it is encrypted")
+    for i, (name, (data, says)) in enumerate(crafted.items()):
+        bad = tmp_path / f"crafted-{i}.ckpt"
+        bad.write_bytes(data)
+        runs = scripts(bad) if i == 0 else [scripts(bad)[i % 6]]
+        for args in runs:
+            assert_clean_error(run_script(*args), f"cannot read checkpoint {bad}: ", says)
     # the converter's inputs: a cut safetensors file
     from safetensors.numpy import save_file
     source = tmp_path / "model.safetensors"
@@ -212,6 +232,40 @@ def test_damaged_checkpoint_is_one_error_line_everywhere(imagenet_sample, tmp_pa
     source.write_bytes(source.read_bytes()[:-20])
     assert_clean_error(run_script("-m", "ms_vit.convert", str(source), "--out", str(tmp_path / "x.ckpt")),
                        f"cannot read {source}")
+
+
+def test_resume_auto_passes_over_a_damaged_newest_checkpoint(straight, imagenet_sample, tmp_path):
+    """The newest epoch checkpoint empty (a 0-byte file once read as "no parameters": a silent new run that then
+    replaced best.ckpt): --resume auto says so in one line and continues from the one before, to the straight run's
+    weights."""
+    shutil.copytree(straight, tmp_path, dirs_exist_ok=True)
+    open(tmp_path / "vit-4_5.ckpt", "wb").close()
+    resumed = train(imagenet_sample, tmp_path, "--epoch_size", "4", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    passed_over = [line for line in resumed.stderr.splitlines() if "vit-4_5.ckpt" in line]
+    assert passed_over == [f"cannot read checkpoint {tmp_path / 'vit-4_5.ckpt'}: the file is truncated or corrupted "
+                           f"(0 bytes: empty): passing over it, resuming from {tmp_path / 'vit-3_5.ckpt'} instead"]
+    assert f"resuming from {tmp_path / 'vit-3_5.ckpt'}" in resumed.stdout and "epochs 4..4" in resumed.stdout
+    a, b = weights(tmp_path / "vit-4_5.ckpt"), weights(straight / "vit-4_5.ckpt")
+    assert max(np.abs(a[k] - b[k]).max() for k in a) < 1e-5      # the run as if never damaged (see the signal test)
+
+
+def test_resume_auto_refuses_when_no_checkpoint_reads(straight, imagenet_sample, tmp_path):
+    """Every epoch checkpoint damaged (one empty, one with a flipped byte): --resume auto does not start a new run
+    over them; one error line names them, and nothing in the folder changes."""
+    shutil.copytree(straight, tmp_path, dirs_exist_ok=True)
+    open(tmp_path / "vit-4_5.ckpt", "wb").close()
+    damaged = bytearray(open(tmp_path / "vit-3_5.ckpt", "rb").read())
+    damaged[len(damaged) // 2] ^= 0x55
+    (tmp_path / "vit-3_5.ckpt").write_bytes(bytes(damaged))
+    before = {name: open(tmp_path / name, "rb").read() for name in os.listdir(tmp_path) if name != ".lock"}
+    result = train(imagenet_sample, tmp_path, "--epoch_size", "5", "--resume", "auto")
+    assert_clean_error(result, f"no checkpoint in {tmp_path} can be read (cannot read checkpoint "
+                               f"{tmp_path / 'vit-4_5.ckpt'}: ",
+                       f"cannot read checkpoint {tmp_path / 'vit-3_5.ckpt'}: the file is truncated or corrupted",
+                       "--resume auto does not start a new run over them")
+    assert "training " not in result.stdout
+    assert {name: open(tmp_path / name, "rb").read() for name in os.listdir(tmp_path) if name != ".lock"} == before
 
 
 # --- images ------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 
+import crafted_ckpt
 import numpy as np
 import pytest
 from conftest import ROOT
@@ -382,6 +383,27 @@ def test_a_wrong_checksum_is_named_and_nothing_is_cached(published, offline_env)
     result = fetch(real.name, env=offline_env)
     assert_clean_error(result, "is damaged or not the published file: sha256 ", f"published {real.sha256}",
                        f"place the right file at {real.path}")
+    assert cache_is_empty(offline_env)
+
+
+def test_a_hostile_mirror_cannot_crash_the_download_check(published, offline_env):
+    """The 7 mindvision rows publish no sha256: the download check reads the file. A mirror serving a crafted
+    checkpoint (a bfloat16 entry, then Float32 dims [1] holding 1 MiB: heap corruption, rc 134, when such a file went
+    to MindSpore's loader) is refused in one line, and nothing is cached."""
+    from ms_vit import weights
+    entry = weights.find("vit_l_32_224.mindvision")
+    assert not entry.sha256 and not entry.hash_prefix
+    crafted = published["folder"] / "crafted.ckpt"
+    crafted.write_bytes(crafted_ckpt.value("scale", [2], "BFloat16", bytes(4)) +
+                        crafted_ckpt.value("backbone.cls_token", [1], "Float32", bytes(1 << 20)))
+    published["server"].publish(entry.url, crafted)
+    try:
+        result = fetch(entry.name, env=offline_env)
+    finally:
+        published["server"].files.pop("/" + entry.url.split("/", 3)[3])
+    assert_clean_error(result, f"the download of {entry.name} from {published['server'].url}",
+                       "is damaged or not the published file: cannot read checkpoint the file: ",
+                       "needs 4 bytes; it holds 1,048,576")
     assert cache_is_empty(offline_env)
 
 
