@@ -95,8 +95,35 @@ def read(path: str, require_crc: bool = False):
             meta = None
         if not isinstance(meta, dict):
             raise damaged(f"its {META_KEY} entry is not a JSON object")
+        problem = _meta_problem(meta)
+        if problem:
+            raise damaged(f"its {META_KEY} entry {problem}")
     params = {k: v for k, v in raw.items() if isinstance(v, np.ndarray)}
     return params, meta
+
+
+# What the metadata's entries must be (train.py and the factory read them)
+_META_TYPES = {"config": dict, "classes": list, "class_names": list, "epoch": int, "global_step": int,
+               "steps_per_epoch": int, "num_train": int, "records": dict, "metrics": dict, "train_config": dict}
+
+
+def _meta_problem(meta: dict) -> Optional[str]:
+    """What is wrong with a checkpoint's metadata, or None."""
+    for key, kind in _META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"has a {key} that is not a JSON {'object' if kind is dict else kind.__name__}"
+    if meta.get("steps_per_epoch") is not None and meta["steps_per_epoch"] < 1 or \
+            min(meta.get("global_step") or 0, meta.get("epoch") or 0) < 0:
+        return "has a negative position"
+    if any(not isinstance(name, str) for name in (meta.get("classes") or []) + (meta.get("class_names") or [])):
+        return "has class names that are not strings"
+    if "config" in meta:
+        try:
+            ViTConfig.from_dict(meta["config"])
+        except (TypeError, ValueError) as exc:
+            return f"has a config that is not valid ({exc})"
+    return None
 
 
 def network_params(params: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -27,11 +27,18 @@ def _read(path: str) -> List[dict]:
         return []
 
 
+def _well_formed(entry, key: str) -> bool:
+    """A record this module wrote: an integer ``key`` (``step``/``epoch``) and numbers for its figures."""
+    figures = ("top1", "top5", "loss") if key == "epoch" else ("loss", "lr")
+    return isinstance(entry, dict) and isinstance(entry.get(key), int) and \
+        all(isinstance(entry.get(name), (int, float)) and not isinstance(entry.get(name), bool) for name in figures)
+
+
 def _merge(recorded: List[dict], written: List[dict], key: str, last: int) -> List[dict]:
     """The entries of both lists up to ``key`` = ``last``, one per ``key`` (``recorded``'s first), in order."""
     entries = {}
-    for entry in recorded + written:
-        if isinstance(entry.get(key), int) and entry[key] <= last:
+    for entry in (recorded if isinstance(recorded, list) else []) + written:
+        if _well_formed(entry, key) and entry[key] <= last:
             entries.setdefault(entry[key], entry)
     return [entries[k] for k in sorted(entries)]
 

@@ -102,7 +102,23 @@ class ViTConfig:
     interpolation: str = "bicubic"
 
     def __post_init__(self):
+        for name in _SIZES:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        for name, (low, high) in _RATES.items():
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                      or not low <= value < high):
+                raise ValueError(f"{name} must be a number in [{low}, {high}), not {value!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or len(value) != 3 or \
+                    not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{name} must be 3 numbers (red, green, blue), not {value!r}")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if self.interpolation not in ("bicubic", "bilinear", "nearest", "area"):
+            raise ValueError(f"interpolation must be bicubic, bilinear, nearest or area, not {self.interpolation!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
@@ -136,6 +152,12 @@ class ViTConfig:
     def from_dict(cls, values: dict) -> "ViTConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# What ViTConfig checks: the sizes are positive integers; the rates and numerics lie in [low, high) (None: unset)
+_SIZES = ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_dim", "num_classes", "in_channels")
+_RATES = {"drop_rate": (0.0, 1.0), "attn_drop_rate": (0.0, 1.0), "drop_path_rate": (0.0, 1.0),
+          "layer_norm_eps": (1e-12, 1.0), "crop_pct": (0.01, 1.0 + 1e-9), "layer_scale_init": (0.0, 1e3)}
 
 
 # The variants of the ViT paper (Table 1) plus DeiT's Ti and S: width D, depth, heads H, MLP dim M.

@@ -308,3 +308,35 @@ def test_latest_refuses_when_no_checkpoint_reads(tmp_path):
     assert f"{tmp_path / 'vit-1_5.ckpt'}: the file is truncated or corrupted (0 bytes: empty)" in message
     assert "--resume auto does not start a new run over them" in message
     assert sorted(os.listdir(tmp_path)) == ["vit-1_5.ckpt", "vit-2_5.ckpt"]             # nothing removed
+
+
+def test_metadata_of_the_wrong_kind_is_a_checkpoint_error(tmp_path):
+    """Metadata that parses as JSON but holds what train.py and the factory cannot use: one CheckpointError at
+    reading, not a TypeError later (the config's sizes and rates are checked by ViTConfig itself)."""
+    net = create_model("vit_ti_16_224", num_classes=3, image_size=32, patch_size=8, embed_dim=48, depth=1,
+                       num_heads=3, mlp_dim=96)
+    good = net.config.to_dict()
+    table = {
+        "a config that is not an object": ({"config": 5}, "config that is not a JSON object"),
+        "a size that is a string": ({"config": dict(good, image_size="x")}, "image_size must be a positive integer"),
+        "a size of zero": ({"config": dict(good, depth=0)}, "depth must be a positive integer"),
+        "a rate out of range": ({"config": dict(good, drop_path_rate=2.0)}, "drop_path_rate must be a number in"),
+        "a mean of two numbers": ({"config": dict(good, mean=[0.5, 0.5])}, "mean must be 3 numbers"),
+        "an unknown interpolation": ({"config": dict(good, interpolation="lanczos9")}, "interpolation must be"),
+        "a step that is text": ({"global_step": "10"}, "global_step that is not a JSON int"),
+        "a negative position": ({"global_step": -3, "steps_per_epoch": 5}, "negative position"),
+        "zero steps per epoch": ({"steps_per_epoch": 0}, "negative position"),
+        "class names of numbers": ({"classes": [1, 2, 3]}, "class names that are not strings"),
+        "records that are a list": ({"records": []}, "records that is not a JSON object"),
+    }
+    for case, (meta, reason) in table.items():
+        path = str(tmp_path / f"{len(os.listdir(tmp_path))}.ckpt")
+        checkpoint.save(net, path, meta=dict({"config": good}, **meta))
+        with pytest.raises(CheckpointError, match=reason):
+            checkpoint.read(path)
+    # records of the wrong kind inside an object are left out by the run's history, not a crash
+    from ms_vit.history import RunHistory
+    good_record = {"epoch": 1, "top1": 0.5, "top5": 1.0, "loss": 1.0}
+    history = RunHistory(str(tmp_path), 1, 5, {"train": 5, "val": [{"epoch": "x"}, {"epoch": 1, "top1": "high"},
+                                                                   good_record]})
+    assert history.val == [good_record] and history.train == []
