@@ -358,3 +358,29 @@ def test_check_image_accepts_bytes_after_the_end_marker(imagenet_sample, tmp_pat
     assert check_image(str(tmp_path / "empty.jpg")) == "empty file"
     (tmp_path / "text.jpg").write_text("not an image")
     assert check_image(str(tmp_path / "text.jpg")).startswith("not a readable image")
+
+
+def test_run_folders_of_another_user_and_planted_links_are_refused(imagenet_sample, tmp_path):
+    """A run folder is the user's own: one that belongs to another user (whose vit-*.ckpt could be anyone's) is
+    refused before any work; a planted symbolic link at the lock's fixed name is not followed; a write leaves no
+    file at a fixed temporary name (each is created new)."""
+    from ms_vit import files
+    from ms_vit.run_folder import RunFolder, RunFolderError
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    os.chown(foreign, 65534, 65534)                                  # nobody (the tests run as root)
+    result = train(imagenet_sample, foreign, "--epoch_size", "1")
+    assert_clean_error(result, f"--ckpt_save_dir {foreign} belongs to another user")
+    assert os.listdir(foreign) == []
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("do not truncate me")
+    os.symlink(victim, planted / ".lock")
+    with pytest.raises(RunFolderError, match="cannot write to --ckpt_save_dir"):
+        RunFolder(str(planted)).open()
+    assert victim.read_text() == "do not truncate me"
+    # the temporary file of an atomic write is a new file: a link planted at the old fixed name is not written through
+    os.symlink(victim, planted / ".config.yaml.tmp.yaml")
+    files.write_atomically(str(planted / "config.yaml"), lambda tmp: open(tmp, "w").write("a: 1\n"))
+    assert victim.read_text() == "do not truncate me" and (planted / "config.yaml").read_text() == "a: 1\n"
