@@ -313,10 +313,11 @@ COMMANDS = {
              output=("(800 images)", "confusion matrix: ")),
     # docs/weights.md
     "python -m ms_vit.weights":
-        Runs(output=("vit_b_16_224.mindvision", "deit3_base_patch16_224.fb_in1k", "vit_h_14_224.torchvision_swag")),
+        Runs(output=("source        top-1 image  cached", "vit_b_16_224.mindvision", "deit3_base_patch16_224.fb_in1k",
+                     "vit_h_14_224.torchvision_swag")),
     "python -m ms_vit.weights vit_b_16_224.mindvision":
-        Runs(output=("url: https://download.mindspore.cn/vision/classification/vit_b_16_224.ckpt",
-                     "vit_b_16_224.mindvision/vit_b_16_224.ckpt")),
+        Runs(output=("url: https://download.mindspore.cn/vision/classification/vit_b_16_224.ckpt", "sha256: ",
+                     "licence: Apache-2.0", "vit_b_16_224.mindvision/vit_b_16_224.ckpt")),
     "python eval.py --data_dir ROOT --pretrained deit3_base_patch16_224.fb_in1k":
         refused_pinned("deit3_base_patch16_224.fb_in1k"),
     "python infer.py --pretrained deit_small_patch16_224.fb_in1k@sha256:<64 hex> IMAGE.jpg":
