@@ -29,6 +29,7 @@ def images(n=2, size=32):
     return ms.Tensor(np.random.default_rng(5).standard_normal((n, 3, size, size)).astype(np.float32))
 
 
+@pytest.mark.shared
 def test_public_b16_layout_loads_with_nothing_missing(tmp_path):
     rows = [line.split() for line in open(shared_path("reference", "vit_b_16_224.ckpt-layout.tsv"))
             if line.strip() and not line.startswith("#")]

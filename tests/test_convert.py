@@ -1,4 +1,8 @@
-"""ms_vit.convert: timm and JAX weights reproduce timm's logits (the other layouts: tests/test_weights.py)."""
+"""ms_vit.convert: timm and JAX weights reproduce timm's logits (the other layouts: tests/test_weights.py).
+
+The parity fixture (a timm ViT of 64 px, patch 16, dim 96, depth 3, 3 heads, 10 classes with non-trivial random
+weights: model.safetensors, input.npy, logits.npy, config.json) is made by timm itself in its own process
+(tests/timm_reference.py); the one in ../shared/fixtures/timm_vit_parity, when present, is checked too."""
 import io
 import json
 import os
@@ -10,27 +14,37 @@ import zipfile
 import mindspore as ms
 import numpy as np
 import pytest
-from conftest import ROOT, shared_path
+from conftest import ROOT, require_timm, shared_path
 from safetensors.numpy import load_file, save_file
 
 from ms_vit import create_model
 from ms_vit.convert import TIMM_NAMES, ConversionError, convert, load_source
 
-FIXTURE = ("fixtures", "timm_vit_parity")
+
+class Parity:
+    """One copy of the parity fixture: its files by name."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def file(self, name):
+        return os.path.join(self.folder, name)
+
+    def heads(self):
+        return json.load(open(self.file("config.json")))["kwargs"]["num_heads"]
+
+    def logits_of(self, ckpt, **kwargs):
+        net = create_model(checkpoint_path=ckpt, **kwargs)
+        net.set_train(False)
+        return net(ms.Tensor(np.load(self.file("input.npy")))).asnumpy()
 
 
-def fixture_file(name):
-    return shared_path(*FIXTURE, name)
-
-
-def fixture_heads():
-    return json.load(open(fixture_file("config.json")))["kwargs"]["num_heads"]
-
-
-def logits_of(ckpt):
-    net = create_model(checkpoint_path=ckpt)
-    net.set_train(False)
-    return net(ms.Tensor(np.load(fixture_file("input.npy")))).asnumpy()
+@pytest.fixture(params=["timm", pytest.param("shared", marks=pytest.mark.shared)])
+def parity(request):
+    """timm's fixture made in this session, and ../shared's (deselected where ../shared is absent: conftest.py)."""
+    if request.param == "shared":
+        return Parity(shared_path("fixtures", "timm_vit_parity"))
+    return Parity(require_timm(request.getfixturevalue("timm_reference")) / "timm_vit_parity")
 
 
 def timm_to_jax(state, heads):
@@ -59,56 +73,74 @@ def timm_to_jax(state, heads):
     return jax
 
 
-def test_timm_safetensors_parity(tmp_path, mode):
+def test_timm_safetensors_parity(parity, tmp_path, mode):
     out = str(tmp_path / "timm.ckpt")
-    config = convert(fixture_file("model.safetensors"), out, num_heads=fixture_heads())
+    config = convert(parity.file("model.safetensors"), out, num_heads=parity.heads())
     assert (config.embed_dim, config.depth, config.num_classes, config.image_size) == (96, 3, 10, 64)
     assert config.gelu_approximate is False and config.layer_norm_eps == 1e-6
-    diff = np.abs(logits_of(out) - np.load(fixture_file("logits.npy"))).max()
+    diff = np.abs(parity.logits_of(out) - np.load(parity.file("logits.npy"))).max()
     assert diff < 5e-5, diff
 
 
-def test_tanh_gelu_misses_parity(tmp_path):
+def test_tanh_gelu_misses_parity(parity, tmp_path):
     out = str(tmp_path / "timm.ckpt")
-    convert(fixture_file("model.safetensors"), out, num_heads=fixture_heads())
-    net = create_model(checkpoint_path=out, gelu_approximate=True)
-    net.set_train(False)
-    got = net(ms.Tensor(np.load(fixture_file("input.npy")))).asnumpy()
-    assert np.abs(got - np.load(fixture_file("logits.npy"))).max() > 1e-4
+    convert(parity.file("model.safetensors"), out, num_heads=parity.heads())
+    got = parity.logits_of(out, gelu_approximate=True)
+    assert np.abs(got - np.load(parity.file("logits.npy"))).max() > 1e-4
 
 
-def test_jax_npz_parity(tmp_path, mode):
-    state = load_file(fixture_file("model.safetensors"))
+def test_jax_npz_parity(parity, tmp_path, mode):
+    state = load_file(parity.file("model.safetensors"))
     npz = str(tmp_path / "ViT-fixture.npz")
-    np.savez(npz, **timm_to_jax(state, fixture_heads()))
+    np.savez(npz, **timm_to_jax(state, parity.heads()))
     out = str(tmp_path / "jax.ckpt")
-    config = convert(npz, out, num_heads=fixture_heads())
+    config = convert(npz, out, num_heads=parity.heads())
     # the JAX release's numerics (flax: tanh GELU, eps 1e-6) and preprocessing (the image resized whole, mean/std 0.5)
     assert config.gelu_approximate is True and config.layer_norm_eps == 1e-6
     assert config.mean == (0.5, 0.5, 0.5) and config.crop_pct == 1.0
     # the same weights as timm's: with timm's exact GELU, timm's logits
-    net = create_model(checkpoint_path=out, gelu_approximate=False)
-    net.set_train(False)
-    diff = np.abs(net(ms.Tensor(np.load(fixture_file("input.npy")))).asnumpy() - np.load(fixture_file("logits.npy")))
+    diff = np.abs(parity.logits_of(out, gelu_approximate=False) - np.load(parity.file("logits.npy")))
     assert diff.max() < 5e-5, diff.max()
 
 
-def test_mapping_covers_every_timm_b16_key():
+def read_tsv(path):
+    """``{name: shape}`` of a name<TAB>shape listing (``1x197x768``), comments skipped."""
+    rows = (line.rstrip("\n").split("\t") for line in open(path) if line.strip() and not line.startswith("#"))
+    return {name: tuple(int(n) for n in shape.split("x")) for name, shape in rows}
+
+
+def timm_b16_in_ms_vit_names(timm_reference):
+    """timm's ViT-B/16 keys (``timm.create_model("vit_base_patch16_224")``, in timm's process) through TIMM_NAMES:
+    ``{ms_vit name: shape}``; every key maps through exactly one rule."""
     import re
-    keys = [line.split("\t")[0] for line in open(shared_path("reference", "timm_vit_base_patch16_224.keys.tsv"))
-            if line.strip() and not line.startswith("#")]
-    layout = {line.split("\t")[0] for line in open(shared_path("reference", "vit_b_16_224.ckpt-layout.tsv"))
-              if line.strip() and not line.startswith("#")}
-    mapped = set()
-    for key in keys:
+    keys = read_tsv(require_timm(timm_reference) / "timm_vit_base_patch16_224.keys.tsv")
+    assert len(keys) == 152
+    mapped = {}
+    for key, shape in keys.items():
         hits = [re.sub(p, t, key) for p, t in TIMM_NAMES if re.fullmatch(p, key)]
         assert len(hits) == 1, key
-        mapped.add(hits[0])
-    assert mapped == layout
+        mapped[hits[0]] = shape
+    return mapped
 
 
-def test_unmapped_and_misshaped_weights_stop_conversion(tmp_path):
-    state = load_file(fixture_file("model.safetensors"))
+def test_mapping_covers_every_timm_b16_key(timm_reference):
+    """Every key of timm's ViT-B/16 lands on a parameter of ms_vit's vit_b_16_224 of the same shape, and every
+    parameter is covered."""
+    from mindspore.nn.utils import no_init_parameters
+    with no_init_parameters():
+        net = create_model("vit_b_16_224")
+    assert timm_b16_in_ms_vit_names(timm_reference) == {p.name: tuple(p.shape) for p in net.get_parameters()}
+
+
+@pytest.mark.shared
+def test_mapping_lands_on_the_public_mindspore_b16_layout(timm_reference):
+    """... and those names are the public vit_b_16_224.ckpt's (../shared's layout listing)."""
+    layout = read_tsv(shared_path("reference", "vit_b_16_224.ckpt-layout.tsv"))
+    assert timm_b16_in_ms_vit_names(timm_reference) == layout
+
+
+def test_unmapped_and_misshaped_weights_stop_conversion(parity, tmp_path):
+    state = load_file(parity.file("model.safetensors"))
     extra = dict(state, **{"fc_norm.weight": np.ones(96, np.float32)})
     bad = str(tmp_path / "extra.safetensors")
     save_file(extra, bad)
@@ -121,9 +153,9 @@ def test_unmapped_and_misshaped_weights_stop_conversion(tmp_path):
     assert not os.path.exists(tmp_path / "x.ckpt")
 
 
-def test_cli_converts_and_fails_cleanly(tmp_path):
+def test_cli_converts_and_fails_cleanly(parity, tmp_path):
     out = tmp_path / "cli.ckpt"
-    run = subprocess.run([sys.executable, "-m", "ms_vit.convert", fixture_file("model.safetensors"),
+    run = subprocess.run([sys.executable, "-m", "ms_vit.convert", parity.file("model.safetensors"),
                           "--out", str(out), "--num_heads", "3"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "with 10 classes" in run.stdout and out.exists()

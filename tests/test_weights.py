@@ -16,7 +16,7 @@ import threading
 import crafted_ckpt
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, require_timm
 from helpers import assert_clean_error, run_script
 from scipy.special import erf
 
@@ -24,7 +24,6 @@ DIM, DEPTH, HEADS, MLP, PATCH, SIZE, CLASSES = 128, 2, 2, 256, 8, 32, 1000      
 GRID = SIZE // PATCH
 MINDSPORE, TIMM_HOST = "https://download.mindspore.cn", "https://huggingface.co"
 GOOGLE, PYTORCH = "https://storage.googleapis.com", "https://download.pytorch.org"
-TIMM_REFERENCE = os.path.join(ROOT, "tests", "timm_reference.py")
 
 
 # --- the reference network: canonical weights and a numpy forward pass ---------------------------------------------
@@ -228,7 +227,7 @@ def table_row(name, source, url, layout="auto", preprocess="imagenet", crop="", 
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
+def published(tmp_path_factory, timm_reference):
     """The small weights in every layout, served; the table rows naming them; what each should compute."""
     folder = tmp_path_factory.mktemp("published")
     server = Server()
@@ -271,21 +270,19 @@ def published(tmp_path_factory):
     publish("vit_test_32.torchvision", "torchvision", f"{PYTORCH}/models/vit_test_32-{sha256(folder / 'tv.pth')[:8]}"
             ".pth", folder / "tv.pth", torch_numerics, layout="torchvision", preprocess="torchvision")
     # timm's layouts: timm writes them and computes their logits (tests/timm_reference.py, its own process)
-    timm = subprocess.run([sys.executable, TIMM_REFERENCE, str(folder)], capture_output=True, text=True, cwd=ROOT)
-    timm_ready = timm.returncode == 0
-    if timm_ready:
+    timm = timm_reference.folder
+    if timm_reference.ready:
         for model in ("vit", "deit_distilled", "deit3"):
             url = f"{TIMM_HOST}/timm/{model}_test.fb_in1k/resolve/main/model.safetensors"
-            server.publish(url, folder / f"{model}.safetensors")
+            server.publish(url, timm / f"{model}.safetensors")
             rows.append(table_row(f"{model}_test.fb_in1k", "timm", url, layout="timm",
-                                  sha=sha256(folder / f"{model}.safetensors")))
-            expected[f"{model}_test.fb_in1k"] = np.load(folder / f"{model}_logits.npy")
+                                  sha=sha256(timm / f"{model}.safetensors")))
+            expected[f"{model}_test.fb_in1k"] = np.load(timm / f"{model}_logits.npy")
     table = folder / "table.tsv"
     header = "name\tsource\tvariant\timage_size\tlayout\tpreprocess\tcrop_pct\ttop1\ttop5\turl\tsha256\tlicence"
     table.write_text("# small weights for tests/test_weights.py\n" + header + "\n" + "\n".join(rows) + "\n")
-    return dict(server=server, table=str(table), x=x, expected=expected, other_gelu=other_gelu, timm_ready=timm_ready,
-                timm_x=np.load(folder / "timm_input.npy") if timm_ready else None, timm_error=timm.stderr[-2000:],
-                folder=folder)
+    return dict(server=server, table=str(table), x=x, expected=expected, other_gelu=other_gelu,
+                timm_x=np.load(timm / "timm_input.npy") if timm_reference.ready else None, folder=folder)
 
 
 @pytest.fixture
@@ -324,12 +321,10 @@ def test_each_layout_downloads_verifies_and_gives_the_reference_logits(published
 
 
 @pytest.mark.parametrize("model", ["vit", "deit_distilled", "deit3"])
-def test_timm_layouts_give_timms_logits(published, offline_env, model):
+def test_timm_layouts_give_timms_logits(published, offline_env, timm_reference, model):
     """timm's ViT, DeiT's distilled model (distillation token and head, averaged) and DeiT III (LayerScale, position
     embedding without the class slot): timm's own logits."""
-    if not published["timm_ready"]:
-        pytest.skip(f"timm is not importable here (pip install torch==2.13.0; pip install --no-deps timm==1.0.31): "
-                    f"{published['timm_error'][-300:]}")
+    require_timm(timm_reference)
     import mindspore as ms
 
     from ms_vit import create_model
