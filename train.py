@@ -308,6 +308,13 @@ def start(args):
     folder = RunFolder(args.ckpt_save_dir, args.keep_checkpoint_max)
     if writer:
         folder.check_writable()                # an error before reading the data
+    held = folder.held()
+    outside = args.resume not in (None, "auto") and \
+        os.path.dirname(os.path.abspath(args.resume)) != os.path.abspath(args.ckpt_save_dir)
+    if held and (args.resume is None or outside):
+        raise ValueError(f"--ckpt_save_dir {args.ckpt_save_dir} holds another run ({', '.join(held[-3:])}): a new "
+                         "run there would replace its best.ckpt and records; continue that run with --resume auto, "
+                         "or choose another --ckpt_save_dir")
         print(device.describe(setup.device_target, setup.notes), flush=True)
     return SimpleNamespace(target=setup.device_target, rank=setup.rank, group_size=setup.group_size,
                            distributed=setup.group_size > 1, writer=writer, folder=folder, amp_level=amp_level)
@@ -349,6 +356,9 @@ def find_resume(args, run):
     ``(None, {}, {})`` for a new run."""
     if args.resume == "auto":
         found = run.folder.latest()
+        if found is None and run.folder.held():
+            raise ValueError(f"--ckpt_save_dir {args.ckpt_save_dir} holds {', '.join(run.folder.held())} but no epoch "
+                             "checkpoint to continue: choose another --ckpt_save_dir for a new run")
         if run.writer:
             print(f"resuming from {found[0]}" if found else
                   f"no checkpoint in {args.ckpt_save_dir} to resume: starting a new run", flush=True)

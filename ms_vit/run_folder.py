@@ -86,6 +86,11 @@ class RunFolder:
                 found.append((int(match[1]), int(match[2]), os.path.join(self.folder, name)))
         return sorted(found)
 
+    def held(self) -> List[str]:
+        """The names of what a run left in the folder: its epoch checkpoints and best.ckpt."""
+        names = [os.path.basename(path) for *_, path in self.checkpoints()]
+        return names + (["best.ckpt"] if os.path.isfile(os.path.join(self.folder, "best.ckpt")) else [])
+
     def newest(self) -> str:
         """The newest epoch checkpoint's path, or "none yet" (for messages)."""
         found = self.checkpoints()

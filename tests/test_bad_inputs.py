@@ -61,6 +61,9 @@ MISTAKES = [
     (TRAIN + ["--config", "{bad_value_yaml}"], "epoch_size must be an integer at least 1, not 0"),
     (TRAIN + ["--config", "{user_file}"], "must be a mapping of train.py options"),
     (TRAIN + ["--resume", "{missing}.ckpt"], "checkpoint not found: {missing}.ckpt"),
+    (TRAIN[:4] + ["{old_run}"] + TRAIN[5:], "--ckpt_save_dir {old_run} holds another run (best.ckpt)"),
+    (TRAIN[:4] + ["{old_run}"] + TRAIN[5:] + ["--resume", "{ckpt}"], "--ckpt_save_dir {old_run} holds another run"),
+    (TRAIN[:4] + ["{old_run}"] + TRAIN[5:] + ["--resume", "auto"], "holds best.ckpt but no epoch checkpoint"),
     (TRAIN + ["--resume", "{user_file}"], "cannot read checkpoint {user_file}"),
     (TRAIN + ["--pretrained", "vit_nonexistent_16_224.somewhere"], "no pretrained weights named"),
     (TRAIN + ["--pretrained", "{missing}.ckpt"], "checkpoint not found: {missing}.ckpt"),
@@ -113,11 +116,15 @@ def sandbox(imagenet_sample, tmp_path_factory):
     user_dir.mkdir()
     (user_dir / "notes.txt").write_text("mine")
     (root / "my_file.txt").write_text("also mine")
+    old_run = root / "old_run"                                       # a run's best.ckpt: no new run may replace it
+    old_run.mkdir()
+    shutil.copy(ckpt, old_run / "best.ckpt")
     (root / "bad_key.yaml").write_text("epochs: 3\n")
     (root / "bad_value.yaml").write_text("epoch_size: 0\n")
     return dict(data=str(data), ckpt=str(ckpt), run=str(root / "run"), image=photos[0], user_dir=str(user_dir),
                 user_file=str(root / "my_file.txt"), missing=str(root / "nowhere"),
-                bad_key_yaml=str(root / "bad_key.yaml"), bad_value_yaml=str(root / "bad_value.yaml"), root=root)
+                bad_key_yaml=str(root / "bad_key.yaml"), bad_value_yaml=str(root / "bad_value.yaml"),
+                old_run=str(old_run), root=root)
 
 
 def snapshot(root):
