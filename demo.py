@@ -45,7 +45,7 @@ def main(argv=None):
     if not os.path.isdir(os.path.join(HERE, args.data_dir, "val")):
         run(["-m", "dataset_tools", "demo", "--dest", args.data_dir])
     run(["train.py", "--config", RECIPE, "--data_dir", args.data_dir, "--epoch_size", str(args.epochs),
-         "--ckpt_save_dir", args.output_dir])
+         "--ckpt_save_dir", args.output_dir, "--resume", "auto"])       # a second demo reuses (or finishes) the first
     best = os.path.join(args.output_dir, "best.ckpt")
     metrics = os.path.join(args.output_dir, "eval_val.json")
     run(["eval.py", "--data_dir", args.data_dir, "--ckpt_path", best, "--output", metrics, "--report"])
