@@ -35,8 +35,8 @@ def build_parser():
     p.add_argument("--use_ema", action="store_true",
                    help="use the checkpoint's moving average of the weights (train.py --ema_decay)")
     p.add_argument("--num_workers", type=cli.COUNT, default=min(8, os.cpu_count() or 1), help="(default: %(default)s)")
-    p.add_argument("--log_interval", type=cli.POSITIVE, default=10.0,
-                   help="seconds between progress lines (default: %(default)s)")
+    p.add_argument("--log_interval", type=cli.NON_NEGATIVE, default=10.0,
+                   help="seconds between progress lines, 0: a line per batch (default: %(default)s)")
     p.add_argument("--output", type=cli.new_file,
                    help="metrics JSON to write (default: eval_<split>.json beside the checkpoint; "
                    "eval_<name>_<split>.json here for --pretrained)")

@@ -307,15 +307,16 @@ def start(args):
     writer = setup.rank == 0                    # one writer: rank 0 alone prints and writes --ckpt_save_dir
     folder = RunFolder(args.ckpt_save_dir, args.keep_checkpoint_max)
     if writer:
-        folder.check_writable()                # an error before reading the data
-    held = folder.held()
+        folder.check_writable()                # errors before reading the data: the folder cannot be written,
+        folder.check_free()                    # another run is using it,
+        print(device.describe(setup.device_target, setup.notes), flush=True)
+    held = folder.held()                       # or it holds another run's files that a new run would replace
     outside = args.resume not in (None, "auto") and \
         os.path.dirname(os.path.abspath(args.resume)) != os.path.abspath(args.ckpt_save_dir)
     if held and (args.resume is None or outside):
         raise ValueError(f"--ckpt_save_dir {args.ckpt_save_dir} holds another run ({', '.join(held[-3:])}): a new "
                          "run there would replace its best.ckpt and records; continue that run with --resume auto, "
                          "or choose another --ckpt_save_dir")
-        print(device.describe(setup.device_target, setup.notes), flush=True)
     return SimpleNamespace(target=setup.device_target, rank=setup.rank, group_size=setup.group_size,
                            distributed=setup.group_size > 1, writer=writer, folder=folder, amp_level=amp_level)
 

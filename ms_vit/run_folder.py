@@ -53,6 +53,25 @@ class RunFolder:
         except OSError as exc:
             raise RunFolderError(f"cannot write to --ckpt_save_dir {self.folder}: {exc.strerror}") from None
 
+    def check_free(self) -> None:
+        """Raise ``RunFolderError`` if another process holds the folder's lock (a run in progress); takes nothing."""
+        path = os.path.join(self.folder, ".lock")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return                                 # no lock file (a new folder), or one open() will refuse
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            raise self._in_use(fd) from None
+        finally:
+            os.close(fd)
+
+    def _in_use(self, fd: int) -> RunFolderError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        return RunFolderError(f"{self.folder} is in use by another training run (process {owner}): wait for it to "
+                              "stop, then continue it with --resume auto, or choose another --ckpt_save_dir")
+
     def open(self) -> "RunFolder":
         """Create the folder (``check_writable`` first), take the lock, and remove what a killed run left
         half-written. Raises ``RunFolderError``."""
@@ -64,11 +83,9 @@ class RunFolder:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            error = self._in_use(fd)
             os.close(fd)
-            raise RunFolderError(f"{self.folder} is in use by another training run (process {owner}): wait for it to "
-                                 "stop, then continue it with --resume auto, or choose another --ckpt_save_dir") \
-                from None
+            raise error from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd

@@ -71,7 +71,7 @@ MISTAKES = [
     (EVAL + ["--output", "{user_file}/metrics.json"], "cannot write --output {user_file}/metrics.json"),
     (EVAL + ["--batch_size", "0"], "argument --batch_size"),
     (EVAL + ["--num_workers", "0"], "argument --num_workers"),
-    (EVAL + ["--log_interval", "0"], "argument --log_interval: must be a number above 0"),
+    (EVAL + ["--log_interval", "-1"], "argument --log_interval: must be a number at least 0"),
     (EVAL + ["--split", "test"], "split folder not found: {data}/test"),
     (EVAL + ["--image_size", "30"], "image_size 30 is not a multiple of patch_size 8"),
     (EVAL + ["--pretrained", "vit_b_16_224.mindvision"], "not allowed with argument --ckpt_path"),

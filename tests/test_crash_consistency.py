@@ -186,13 +186,13 @@ def test_a_stop_at_any_write_point_loses_nothing(small_dataset, kernels_cache, t
 
 def test_msrun_workers_killed_mid_epoch_and_in_the_evaluation_resume_to_the_same_run(small_dataset, kernels_cache,
                                                                                     tmp_path):
-    """Under msrun with 2 workers: rank 1 SIGKILLed in the middle of epoch 2, then, in the resumed run, as epoch 2's
-    evaluation starts; msrun ends each time, and the same msrun command with ``--resume auto`` finishes with the
+    """Under msrun with 2 workers: rank 1 SIGKILLed in the middle of epoch 2, then, in the resumed run, rank 0 as epoch
+    2's evaluation starts; msrun ends each time, and the same msrun command with ``--resume auto`` finishes with the
     records and the weights of a run never stopped."""
-    def launch(out, name, fault=None):
+    def launch(out, name, fault=None, rank=None):
         env = dict(MS_VIT_CACHE=str(fresh_cache(kernels_cache, tmp_path / f"cache_{name}")))
         if fault:
-            env.update(MS_VIT_FAULT="kill", MS_VIT_FAULT_RANK="1", MS_VIT_FAULT_AT=fault)
+            env.update(MS_VIT_FAULT="kill", MS_VIT_FAULT_RANK=str(rank), MS_VIT_FAULT_AT=fault)
         return run_msrun(["train.py", "--distribute", "--data_dir", small_dataset, "--ckpt_save_dir", str(out), *RUN,
                           "--epoch_size", "2", "--batch_size", "2", "--resume", "auto"], str(tmp_path / f"logs_{name}"),
                          timeout=600, env=env)
@@ -200,11 +200,12 @@ def test_msrun_workers_killed_mid_epoch_and_in_the_evaluation_resume_to_the_same
     straight = launch(tmp_path / "straight", "straight")
     assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
     out = tmp_path / "stopped"
-    first = launch(out, "first", fault="at step@step 6")             # 4 steps an epoch: mid-epoch 2
+    first = launch(out, "first", fault="at step@step 6", rank=1)     # 4 steps an epoch: mid-epoch 2
     assert first.returncode != 0 and "epoch 1: val top-1" in worker_log(str(tmp_path / "logs_first"), 0)
     assert sorted(os.listdir(out)) == sorted([".lock", "best.ckpt", "config.yaml", "curves.png", "train_history.json",
                                              "val_history.json", "vit-1_4.ckpt"])
-    second = launch(out, "second", fault="at evaluate@step 8")       # epoch 2 trained again, then killed
+    # epoch 2 trained again; rank 0, the writer, killed as its evaluation starts (after its epoch checkpoint)
+    second = launch(out, "second", fault="at evaluate@step 8", rank=0)
     assert second.returncode != 0
     assert f"resuming from {out / 'vit-1_4.ckpt'}" in worker_log(str(tmp_path / "logs_second"), 0)
     assert os.path.isfile(out / "vit-2_4.ckpt")

@@ -300,6 +300,8 @@ COMMANDS = {
     "python benchmarks/bench_scale.py":
         NotHere("a benchmark writing 1.28 M files and dropping the page cache (root): its figures are in "
                 "docs/data.md"),
+    "python benchmarks/bench_checkpoint_read.py":
+        NotHere("a benchmark reading a B/16 checkpoint in fresh processes: its figures are in docs/performance.md"),
     "python benchmarks/profile_ops.py --case train":
         NotHere("a profile of B/16 training by operator type (minutes): its figures are in docs/performance.md"),
     # docs/pictures.md
