@@ -7,6 +7,7 @@ import sys
 import mindspore as ms
 import numpy as np
 import pytest
+from bounds import assert_beyond, assert_within, parameters, vit_forward
 from conftest import ROOT, shared_path
 from safetensors.numpy import load_file, save_file
 
@@ -24,10 +25,13 @@ def fixture_heads():
     return json.load(open(fixture_file("config.json")))["kwargs"]["num_heads"]
 
 
-def logits_of(ckpt):
-    net = create_model(checkpoint_path=ckpt)
+def logits_of(ckpt, **overrides):
+    """The checkpoint's logits on the fixture's input, and the bound on their difference from timm's: two float32
+    evaluations of the same network, each within ``bounds.vit_forward``'s bound of the exact logits."""
+    net = create_model(checkpoint_path=ckpt, **overrides)
     net.set_train(False)
-    return net(ms.Tensor(np.load(fixture_file("input.npy")))).asnumpy()
+    x = np.load(fixture_file("input.npy"))
+    return net(ms.Tensor(x)).asnumpy(), 2 * vit_forward(net.config, parameters(net), x)[1]
 
 
 def timm_to_jax(state, heads):
@@ -61,17 +65,19 @@ def test_timm_safetensors_parity(tmp_path, mode):
     config = convert(fixture_file("model.safetensors"), out, num_heads=fixture_heads())
     assert (config.embed_dim, config.depth, config.num_classes, config.image_size) == (96, 3, 10, 64)
     assert config.gelu_approximate is False and config.layer_norm_eps == 1e-6
-    diff = np.abs(logits_of(out) - np.load(fixture_file("logits.npy"))).max()
-    assert diff < 5e-5, diff
+    # bound 3.4e-4 and up (logits up to 1.8); it catches the tanh GELU (below), and more so a misplaced weight
+    got, bound = logits_of(out)
+    assert_within(got, np.load(fixture_file("logits.npy")), bound, "logits vs timm's")
 
 
 def test_tanh_gelu_misses_parity(tmp_path):
+    """The parity bound tells the tanh GELU from the exact one: a model computing the tanh form where timm computes
+    the exact one (up to 7.4e-4 apart here, ~2x the bound) fails the check above."""
     out = str(tmp_path / "timm.ckpt")
     convert(fixture_file("model.safetensors"), out, num_heads=fixture_heads())
-    net = create_model(checkpoint_path=out, gelu_approximate=True)
-    net.set_train(False)
-    got = net(ms.Tensor(np.load(fixture_file("input.npy")))).asnumpy()
-    assert np.abs(got - np.load(fixture_file("logits.npy"))).max() > 1e-4
+    bound = logits_of(out)[1]
+    tanh_logits = logits_of(out, gelu_approximate=True)[0]
+    assert_beyond(tanh_logits, np.load(fixture_file("logits.npy")), bound, "tanh GELU's logits vs timm's")
 
 
 def test_jax_npz_parity(tmp_path, mode):
@@ -84,10 +90,8 @@ def test_jax_npz_parity(tmp_path, mode):
     assert config.gelu_approximate is True and config.layer_norm_eps == 1e-6
     assert config.mean == (0.5, 0.5, 0.5) and config.crop_pct == 1.0
     # the same weights as timm's: with timm's exact GELU, timm's logits
-    net = create_model(checkpoint_path=out, gelu_approximate=False)
-    net.set_train(False)
-    diff = np.abs(net(ms.Tensor(np.load(fixture_file("input.npy")))).asnumpy() - np.load(fixture_file("logits.npy")))
-    assert diff.max() < 5e-5, diff.max()
+    got, bound = logits_of(out, gelu_approximate=False)
+    assert_within(got, np.load(fixture_file("logits.npy")), bound, "logits vs timm's")
 
 
 def test_mapping_covers_every_timm_b16_key():
