@@ -127,7 +127,7 @@ def test_mixup_and_cutmix_for_given_lambda_and_box():
     mixed, targets = mix.mix(images, labels, 0.7, use_cutmix=False)
     expected = 0.7 * images.astype(np.float64) + 0.3 * images[::-1]       # float32: 1 - lam, 2 products, a sum
     assert_within(mixed, expected, 4 * U * (0.7 * np.abs(images) + 0.3 * np.abs(images[::-1])), "mixup")
-    np.testing.assert_allclose(targets, soft_targets(labels, 3, 0.7, 0.1))
+    np.testing.assert_allclose(targets, soft_targets(labels, 3, 0.7, 0.1))      # the same function: identical
     np.random.seed(3)
     box, corrected = cutmix_box(8, 8, 0.7)
     np.random.seed(3)
@@ -137,7 +137,7 @@ def test_mixup_and_cutmix_for_given_lambda_and_box():
     inside[y0:y1, x0:x1] = True
     np.testing.assert_array_equal(cut[:, :, inside], images[::-1][:, :, inside])
     np.testing.assert_array_equal(cut[:, :, ~inside], images[:, :, ~inside])
-    assert corrected == pytest.approx(1 - inside.sum() / 64)
+    assert corrected == pytest.approx(1 - inside.sum() / 64)         # float64, exact: an integer over 64
     np.testing.assert_allclose(targets, soft_targets(labels, 3, corrected, 0.1))
     # the box: side sqrt(1 - lam) of the image's, centred at a uniform point, clipped
     ratio = math.sqrt(1 - 0.7)
