@@ -14,6 +14,7 @@ import zipfile
 import mindspore as ms
 import numpy as np
 import pytest
+from bounds import assert_beyond, assert_within, parameters, vit_forward
 from conftest import ROOT, require_timm, shared_path
 from safetensors.numpy import load_file, save_file
 
@@ -33,10 +34,13 @@ class Parity:
     def heads(self):
         return json.load(open(self.file("config.json")))["kwargs"]["num_heads"]
 
-    def logits_of(self, ckpt, **kwargs):
-        net = create_model(checkpoint_path=ckpt, **kwargs)
+    def logits_of(self, ckpt, **overrides):
+        """The checkpoint's logits on the fixture's input, and the bound on their difference from timm's: two float32
+        evaluations of the same network, each within ``bounds.vit_forward``'s bound of the exact logits."""
+        net = create_model(checkpoint_path=ckpt, **overrides)
         net.set_train(False)
-        return net(ms.Tensor(np.load(self.file("input.npy")))).asnumpy()
+        x = np.load(self.file("input.npy"))
+        return net(ms.Tensor(x)).asnumpy(), 2 * vit_forward(net.config, parameters(net), x)[1]
 
 
 @pytest.fixture(params=["timm", pytest.param("shared", marks=pytest.mark.shared)])
@@ -78,15 +82,19 @@ def test_timm_safetensors_parity(parity, tmp_path, mode):
     config = convert(parity.file("model.safetensors"), out, num_heads=parity.heads())
     assert (config.embed_dim, config.depth, config.num_classes, config.image_size) == (96, 3, 10, 64)
     assert config.gelu_approximate is False and config.layer_norm_eps == 1e-6
-    diff = np.abs(parity.logits_of(out) - np.load(parity.file("logits.npy"))).max()
-    assert diff < 5e-5, diff
+    # bound 3.4e-4 and up (logits up to 1.8); it catches the tanh GELU (below), and more so a misplaced weight
+    got, bound = parity.logits_of(out)
+    assert_within(got, np.load(parity.file("logits.npy")), bound, "logits vs timm's")
 
 
 def test_tanh_gelu_misses_parity(parity, tmp_path):
+    """The parity bound tells the tanh GELU from the exact one: a model computing the tanh form where timm computes
+    the exact one (up to 7.4e-4 apart here, ~2x the bound) fails the check above."""
     out = str(tmp_path / "timm.ckpt")
     convert(parity.file("model.safetensors"), out, num_heads=parity.heads())
-    got = parity.logits_of(out, gelu_approximate=True)
-    assert np.abs(got - np.load(parity.file("logits.npy"))).max() > 1e-4
+    bound = parity.logits_of(out)[1]
+    tanh_logits = parity.logits_of(out, gelu_approximate=True)[0]
+    assert_beyond(tanh_logits, np.load(parity.file("logits.npy")), bound, "tanh GELU's logits vs timm's")
 
 
 def test_jax_npz_parity(parity, tmp_path, mode):
@@ -99,8 +107,8 @@ def test_jax_npz_parity(parity, tmp_path, mode):
     assert config.gelu_approximate is True and config.layer_norm_eps == 1e-6
     assert config.mean == (0.5, 0.5, 0.5) and config.crop_pct == 1.0
     # the same weights as timm's: with timm's exact GELU, timm's logits
-    diff = np.abs(parity.logits_of(out, gelu_approximate=False) - np.load(parity.file("logits.npy")))
-    assert diff.max() < 5e-5, diff.max()
+    got, bound = parity.logits_of(out, gelu_approximate=False)
+    assert_within(got, np.load(parity.file("logits.npy")), bound, "logits vs timm's")
 
 
 def read_tsv(path):

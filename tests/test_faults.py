@@ -89,9 +89,11 @@ def test_signal_saves_where_it_stopped_and_resume_auto_equals_the_straight_run(s
     ours, theirs = history(tmp_path), history(straight)
     assert [h["step"] for h in ours] == list(range(1, 21))
     assert [h["lr"] for h in ours] == [h["lr"] for h in theirs]
-    assert [h["loss"] for h in ours] == pytest.approx([h["loss"] for h in theirs], abs=1e-5)
+    # the same float32 operations on the same values in the same order (the checkpoint holds them bit for bit): equal,
+    # on any machine (docs/faults.md: max difference 0)
+    assert [h["loss"] for h in ours] == [h["loss"] for h in theirs]
     a, b = weights(tmp_path / "vit-4_5.ckpt"), weights(straight / "vit-4_5.ckpt")
-    assert max(np.abs(a[k] - b[k]).max() for k in a) < 1e-5
+    assert max(np.abs(a[k] - b[k]).max() for k in a) == 0
     # the metrics history continues; best.ckpt holds the best epoch of the whole run
     val = history(tmp_path, "val_history.json")
     assert [h["epoch"] for h in val] == [1, 2, 3, 4]

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from bounds import assert_within, gamma, parameters, vit_forward
 from helpers import run_script
 
 
@@ -50,7 +51,9 @@ def test_infer_modes_and_batches_agree_and_the_cache_is_keyed_by_shape(tiny_ckpt
         assert list(run) == images
         for image in images:
             assert [n for n, _ in run[image]] == [n for n, _ in one_by_one[image]]
-            assert [p for _, p in run[image]] == pytest.approx([p for _, p in one_by_one[image]], abs=2e-4)
+            # printed to 4 decimals: 1e-4 apart when the two straddle a rounding boundary; the probabilities
+            # themselves differ by < 1e-6 (float32 logits of two batch sizes, softmax in float64)
+            assert [p for _, p in run[image]] == pytest.approx([p for _, p in one_by_one[image]], abs=1.5e-4)
     assert len(os.listdir(tmp_path / "cache" / "graphs")) == 2  # one graph per input shape, reused by the 2nd run
     assert len(os.listdir(tmp_path / "b")) == 5
 
@@ -82,7 +85,13 @@ def test_evaluate_pads_the_last_batch_and_counts_only_real_images(imagenet_sampl
     padded = evaluate(net, data.create_dataset(split, classes, net.config, 8, training=False))   # 8 + 8 + 4
     assert padded["num_images"] == whole["num_images"] == 20
     assert padded["top1"] == whole["top1"] and padded["top5"] == whole["top5"]
-    assert padded["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    # each image's logits in two batch shapes: two float32 evaluations (vit_forward's bound each); a cross-entropy
+    # moves by at most twice its logits' largest move; the mean of 20 in float32: gamma(20). A padding image
+    # counted (1/20 of a loss, 5 %) fails
+    images = np.concatenate([b[0] for b in data.create_dataset(split, classes, net.config, 20, training=False)
+                             .create_tuple_iterator(output_numpy=True)])
+    logit_bound = 2 * vit_forward(net.config, parameters(net), images)[1].max(1)
+    assert_within(padded["loss"], whole["loss"], 2 * logit_bound.mean() + 2 * gamma(20) * whole["loss"], "loss")
 
 
 def test_checkpoint_fills_the_model_without_random_initialisation(tiny_ckpt):
@@ -102,4 +111,4 @@ def test_checkpoint_fills_the_model_without_random_initialisation(tiny_ckpt):
     assert np.abs(net(x).asnumpy() - reference(x).asnumpy()).max() == 0
     finetune = create_model(checkpoint_path=tiny_ckpt, num_classes=7)     # a new head: initialised as usual
     head = finetune.dense.weight.asnumpy()
-    assert head.shape == (7, 48) and 0.005 < head.std() < 0.05
+    assert head.shape == (7, 48) and 0.005 < head.std() < 0.05      # 0.02; the std of 336 draws: sd 8e-4

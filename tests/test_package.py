@@ -1,8 +1,10 @@
 """pip install . : a wheel of ms_vit, installed into a fresh virtual environment, works from outside the checkout
 (create_model and a forward pass on the fused CPU kernels built from the packaged sources; the weights table).
 
-The fresh environment sees this one's packages through a .pth file, so that MindSpore (2.5 GB) is not installed
-twice: pip still checks every dependency of the wheel, with no package index to fall back on."""
+The fresh environment sees this one's packages through a .pth file naming a folder of links to them, so that
+MindSpore (2.5 GB) is not installed twice: pip still checks every dependency of the wheel, with no package index to
+fall back on. The links leave out an ms_vit installed here (``pip install .`` beside the checkout, as the README
+suggests): pip would find it already installed and not install the wheel."""
 import glob
 import os
 import shutil
@@ -22,6 +24,18 @@ print(net(ms.Tensor(np.zeros((2, 3, 32, 32), np.float32))).shape, net.fused_kern
 """
 
 
+def packages_without_ms_vit(folder):
+    """Links to this environment's installed packages, but not to an ms_vit (its package, dist-info, editable
+    finder), in ``folder``."""
+    os.makedirs(folder)
+    for site_dir in dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]):
+        for name in os.listdir(site_dir):
+            link = os.path.join(folder, name)
+            if "ms_vit" not in name.replace("-", "_").lower() and not os.path.lexists(link):
+                os.symlink(os.path.join(site_dir, name), link)
+    return folder
+
+
 def test_wheel_installs_into_a_fresh_environment_and_runs_outside_the_checkout(tmp_path):
     source = tmp_path / "source"                    # a copy: building writes build/ and *.egg-info beside the code
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
@@ -36,7 +50,7 @@ def test_wheel_installs_into_a_fresh_environment_and_runs_outside_the_checkout(t
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     with open(os.path.join(site, "outer_environment.pth"), "w") as f:
-        f.write(sysconfig.get_paths()["purelib"] + "\n")
+        f.write(packages_without_ms_vit(str(tmp_path / "outer")) + "\n")
     install = subprocess.run([python, "-m", "pip", "install", "--no-index", wheel], capture_output=True, text=True)
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
