@@ -356,3 +356,23 @@ def test_one_switch_for_the_kernels(tmp_path):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env=dict(os.environ, MS_VIT_FUSED_KERNELS="0"))
     assert "fused_kernels=True: the fused CPU kernels cannot be built here" in run.stdout, run.stderr[-2000:]
+
+
+def test_loading_the_kernels_leaves_the_process_float_modes_alone():
+    """The kernel library is built without -ffast-math's crtfastmath.o, whose constructor turns on flush-to-zero for
+    the whole process: after the library is loaded and run, subnormal float32 numbers still compute (a fresh process,
+    so that nothing else has loaded the library first)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    code = ("import numpy as np, mindspore as ms; from ms_vit import create_model, kernels; "
+            "assert kernels.compiled_library(); "
+            "net = create_model('vit_ti_16_224', image_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3, "
+            "mlp_dim=96, fused_kernels=True); net.set_train(False); "
+            "net(ms.Tensor(np.zeros((1, 3, 32, 32), np.float32))).asnumpy(); "
+            "tiny = np.array([1e-40], np.float32); print(float((tiny * np.float32(2))[0]))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(__import__("os").environ, PYTHONPATH=ROOT))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.strip().splitlines()[-1]) > 0            # 2e-40, not flushed to 0

@@ -44,7 +44,12 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = [os.path.join(_HERE, name)
             for name in ("gelu.cc", "layer_norm.cc", "heads.cc", "patches.cc", "softmax.cc", "dense.cc")]
 _HEADERS = [os.path.join(_HERE, "common.h")]
-_FLAGS = ["-std=c++17", "-O3", f"-march={os.environ.get('MS_VIT_KERNELS_MARCH', 'native')}", "-ffast-math",
+# -ffast-math's parts, not -ffast-math itself: given that flag, g++ links crtfastmath.o into the library, whose
+# constructor switches the whole process to flush subnormal numbers to zero (the CPU's FTZ/DAZ modes) as soon as the
+# library loads: every float operation of the user's process (numpy, MindSpore's own kernels) would change
+_FAST_MATH = ["-fno-math-errno", "-fno-trapping-math", "-ffinite-math-only", "-fno-signed-zeros",
+              "-fassociative-math", "-freciprocal-math"]
+_FLAGS = ["-std=c++17", "-O3", f"-march={os.environ.get('MS_VIT_KERNELS_MARCH', 'native')}", *_FAST_MATH,
           "-fopenmp-simd", "-pthread", "-shared", "-fPIC"]
 
 
