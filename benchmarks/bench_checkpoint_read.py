@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 
+import _machine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -64,6 +66,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--moments", action="store_true", help="add Adam's moments (a train.py checkpoint)")
     args = parser.parse_args()
+    print(_machine.describe(), flush=True)
     with tempfile.TemporaryDirectory(prefix="ms_vit_ckpt_") as folder:
         path = os.path.join(folder, "model.ckpt")
         write_checkpoint(path, args.model, args.moments)

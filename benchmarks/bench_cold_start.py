@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 
+import _machine
 from _peers import require
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -129,6 +130,7 @@ def main():
     parser.add_argument("--images", type=int, nargs="+", default=[1, 20])
     parser.add_argument("--phases", action="store_true", help="also time the phases of one fresh ms_vit process")
     args = parser.parse_args()
+    print(_machine.describe(), flush=True)
     require("torch", "timm", "safetensors")
     sys.path.insert(0, ROOT)
     with tempfile.TemporaryDirectory(prefix="ms_vit_cold_") as folder:

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 
+import _machine
 import numpy as np
 from _peers import require
 
@@ -119,6 +120,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="onnxruntime's profile by operator type, both files")
     args = parser.parse_args()
+    print(_machine.describe(), flush=True)
     require("torch", "timm", "onnx", "onnxruntime")
     sys.path.insert(0, ROOT)
     import mindspore as ms

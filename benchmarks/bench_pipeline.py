@@ -35,6 +35,8 @@ import sys
 import tempfile
 import time
 
+import _machine
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BATCH, SIZE, COPIES = 64, 224, 16
@@ -256,6 +258,7 @@ def main():
     parser.add_argument("--worker", choices=list(PIPELINES), help=argparse.SUPPRESS)
     parser.add_argument("--split", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    print(_machine.describe(), flush=True)
     if args.worker:
         return worker(args)
     print(f"CPU: {cpu_model()}; DeiT-B pipeline, {SIZE} px, batch {BATCH}, {args.workers} workers, "

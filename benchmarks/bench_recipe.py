@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 
+import _machine
 from _peers import require
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -122,6 +123,7 @@ def main():
                              "plain: configs/demo.yaml alone")
     parser.add_argument("--inits", nargs="+", default=["timm", "jax"], help="ms_vit --weight_init values to run")
     args = parser.parse_args()
+    print(_machine.describe(), flush=True)
     require("torch", "timm")
     if not os.path.isdir(os.path.join(args.data_dir, "val")):      # dataset_tools refuses a folder not its own
         made = subprocess.run([sys.executable, "-m", "dataset_tools", "demo", "--dest", args.data_dir], cwd=ROOT)

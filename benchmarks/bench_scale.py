@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 
+import _machine
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,6 +101,7 @@ def main():
     parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_280_000])
     parser.add_argument("--root", default="/tmp/ms_vit_scale", help="where the trees go (kept for later runs)")
     args = parser.parse_args()
+    print(_machine.describe(), flush=True)
     cold = drop_caches()
     if not cold:
         print("cannot drop the page cache (not root?): 'cold' runs are warm")

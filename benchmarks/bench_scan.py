@@ -16,6 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import _machine  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -53,6 +54,7 @@ def main():
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    print(_machine.describe(), flush=True)
     root = tempfile.mkdtemp(prefix="ms_vit_scan_")
     try:
         start = time.perf_counter()

@@ -11,7 +11,9 @@ Every case runs in a fresh process of its own, so that peak memory (max RSS) and
 (`pip install torch==2.13.0` takes the local CPU wheel; `pip install --no-deps timm==1.0.31`), mindcv when it imports
 (`pip install --no-deps mindcv==0.3.0`: its ViT in graph mode, its AdamW and label-smoothed loss; Ti/16 built from its
 VisionTransformer class, which mindcv has no name for).
-Figures are images per second (higher is better) and the ms_vit / timm ratio (>1: ms_vit faster).
+Figures are images per second (higher is better), the ms_vit / timm ratio (>1: ms_vit faster) and, per case, the
+fraction of this machine's float32 GEMM peak each framework reaches (the case's matrix-product FLOPs x img/s over the
+best large SGEMM of numpy, PyTorch and MindSpore, measured first in the same run). The first line names the CPU.
 ``train_recompute`` is the training step with each block recomputed in the backward pass (ms_vit's
 ``set_grad_checkpointing``, train.py ``--recompute``; timm's ``set_grad_checkpointing``). ``--amp_level`` trains ms_vit
 at that AMP level in float16 as train.py does (``amp.apply``, recomputation set after AMP's casts; the peers are left
@@ -28,6 +30,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+import _machine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -249,12 +253,18 @@ def main():
     if args.worker:
         return worker(args)
 
+    sys.path.insert(0, ROOT)
+    from ms_vit import variant_config
+    print(_machine.describe(), flush=True)
+    gemm = _machine.sgemm_peak()
+    print("float32 GEMM peak, 2048^3 SGEMM: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items()), flush=True)
     peers = [p for p in PEERS if not getattr(args, f"no_{p}") and available(p)] if args.amp_level == "O0" else []
     for missing in sorted(set(PEERS) - set(peers) - {p for p in PEERS if getattr(args, f"no_{p}")}
                           if args.amp_level == "O0" else ()):
         print(f"{missing} not importable: left out (pip install torch==2.13.0; pip install --no-deps timm==1.0.31 "
               "mindcv==0.3.0)")
     print(f"{'case':<26}{'ms_vit img/s':>13}" + "".join(f"{p + ' img/s':>13}{'ratio':>7}" for p in peers) +
+          f"{'% peak':>8}" + "".join(f"{p[:4] + ' %':>8}" for p in peers) +
           f"{'ms_vit MB':>11}" + "".join(f"{p + ' MB':>11}" for p in peers) + f"{'ms_vit 1st s':>13}"
           + "".join(f"{p + ' 1st s':>13}" for p in peers))
     rows = []
@@ -275,8 +285,12 @@ def main():
                 print(f"{label:<26} error: {'; '.join(errors)}")
                 continue
             ours = results["ms_vit"]
+            gflops = _machine.vit_gflops(variant_config(MODELS[model][0]), training=case.startswith("train"))
+            share = {name: 100 * r["img_s"] * gflops / gemm["peak"] for name, r in results.items()}
+            rows[-1]["gflops_per_image"], rows[-1]["gemm_peak"] = gflops, gemm["peak"]
             print(f"{label:<26}{ours['img_s']:>13.2f}"
                   + "".join(f"{results[p]['img_s']:>13.2f}{ours['img_s'] / results[p]['img_s']:>7.2f}" for p in peers)
+                  + f"{share['ms_vit']:>8.1f}" + "".join(f"{share[p]:>8.1f}" for p in peers)
                   + f"{ours['peak_mb']:>11.0f}" + "".join(f"{results[p]['peak_mb']:>11.0f}" for p in peers)
                   + f"{ours['first_s']:>13.1f}" + "".join(f"{results[p]['first_s']:>13.1f}" for p in peers),
                   flush=True)

@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 
+import _machine
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,6 +23,7 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
+    print(_machine.describe(), flush=True)
     import mindspore as ms
     from mindspore import nn
 
