@@ -1,87 +1,169 @@
-"""Where ms_vit's CPU time goes: MindSpore's profiler over a few steps, summed by op type.
+"""Where the CPU time of one step goes, by operator, for ms_vit (MindSpore's profiler) and timm (torch.profiler) side
+by side: matrix products (GEMM), the attention, the rest of the operators, and the time between operators (the
+framework launching the next one), per step.
 
-    python benchmarks/profile_ops.py --model vit_b_16_224 --batch 8 --case train
+    python benchmarks/profile_ops.py --model ti16 --batch 1                 # inference, both frameworks
+    python benchmarks/profile_ops.py --model b16 --batch 8 --case train --framework ms_vit --top 20
+
+Each framework runs in a process of its own (they are not imported together); the first steps (compilation, warm-up)
+are not profiled.
 """
 import argparse
 import csv
 import glob
+import json
 import os
+import subprocess
 import sys
 import tempfile
+import time
 
 import _machine
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MODELS = {"b16": ("vit_b_16_224", "vit_base_patch16_224"), "ti16": ("vit_ti_16_224", "vit_tiny_patch16_224")}
+# Operator type (ms_vit's MindSpore op types and custom kernels; timm's aten ops) -> the category it counts under
+CATEGORIES = {
+    "MatMul": "GEMM", "BatchMatMul": "GEMM", "MatMulExt": "GEMM", "BatchMatMulExt": "GEMM", "Conv2D": "GEMM",
+    "aten::addmm": "GEMM", "aten::mm": "GEMM", "aten::bmm": "GEMM", "aten::mkldnn_convolution": "GEMM",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "SoftmaxLastAxis": "attention",
+    "Softmax": "attention", "aten::_softmax": "attention",
+}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="vit_b_16_224")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--case", choices=["infer", "train"], default="infer")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--top", type=int, default=15)
-    args = parser.parse_args()
-    print(_machine.describe(), flush=True)
+def category(op: str) -> str:
+    return CATEGORIES.get(op, "other operators")
+
+
+def profile_ms_vit(model, batch, case, steps):
+    """``(wall seconds per step, {op: seconds per step})`` of ms_vit's step, MindSpore's profiler."""
+    sys.path.insert(0, ROOT)
     import mindspore as ms
     from mindspore import nn
 
     from ms_vit import create_model
     from ms_vit.loss import LabelSmoothingCrossEntropy
     from ms_vit.optim import AdamW
+    from ms_vit.train_step import TrainStep
     ms.set_context(mode=ms.GRAPH_MODE)
-    net = create_model(args.model)
+    net = create_model(MODELS[model][0])
     rng = np.random.default_rng(0)
-    images = ms.Tensor(rng.standard_normal((args.batch, 3, net.config.image_size, net.config.image_size),
-                                           dtype=np.float32))
-    labels = ms.Tensor(rng.integers(0, 1000, args.batch).astype(np.int32))
-    if args.case == "train":
-        step = nn.TrainOneStepCell(nn.WithLossCell(net, LabelSmoothingCrossEntropy(0.1)),
-                                   AdamW(net.trainable_params(), learning_rate=1e-4, weight_decay=0.05))
-        step.set_train(True)
-        run = lambda: step(images, labels).asnumpy()  # noqa: E731
+    images = ms.Tensor(rng.standard_normal((batch, 3, 224, 224), dtype=np.float32))
+    labels = ms.Tensor(rng.integers(0, 1000, batch).astype(np.int32))
+    if case == "train":
+        step_cell = TrainStep(nn.WithLossCell(net, LabelSmoothingCrossEntropy(0.1)),
+                              AdamW(net.trainable_params(), learning_rate=1e-4, weight_decay=0.05))
+        step_cell.set_train(True)
+        run = lambda: step_cell(images, labels)[0].asnumpy()  # noqa: E731
     else:
         net.set_train(False)
         run = lambda: net(images).asnumpy()  # noqa: E731
-    run()
+    for _ in range(3):
+        run()
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    wall = (time.perf_counter() - start) / steps
     with tempfile.TemporaryDirectory(prefix="ms_vit_profile_") as out:      # the profiler's files, removed after
         profiler = ms.Profiler(output_path=out)
-        for _ in range(args.steps):
+        for _ in range(steps):
             run()
         profiler.analyse()
         framework = glob.glob(os.path.join(out, "*", "FRAMEWORK"))[0]
         table = glob.glob(os.path.join(framework, "cpu_op_type_info_*.csv"))[0]
-        rows = sorted(csv.DictReader(open(table)), key=lambda r: -float(r["total_compute_time"]))
-        total = sum(float(r["total_compute_time"]) for r in rows)
-        print(f"{args.model} {args.case} batch {args.batch}: {total / args.steps:.0f} ms of kernels per step")
-        print(f"{'op':<28}{'calls/step':>11}{'ms/step':>10}{'share':>8}")
-        for r in rows[:args.top]:
-            ms_step = float(r["total_compute_time"]) / args.steps
-            print(f"{r['op_type']:<28}{int(r['type_occurrences']) // args.steps:>11}{ms_step:>10.1f}"
-                  f"{ms_step * args.steps / total:>8.1%}")
-        print_gaps(glob.glob(os.path.join(framework, "cpu_op_execute_timestamp_*.txt"))[0], args.steps)
+        ops = {r["op_type"]: float(r["total_compute_time"]) / 1e3 / steps for r in csv.DictReader(open(table))}
+    return wall, ops
 
 
-def print_gaps(timestamps, steps):
-    """Per step: wall time from the first kernel's start to the last one's end, time inside kernels, and the
-    time between kernels (the runtime's work of launching the next one)."""
-    events = []                                           # (start us, duration us)
-    with open(timestamps) as f:
-        for line in f:
-            for item in line.strip().split(";")[-1].split():
-                start_ns, duration_ms = item.split(",")[:2]
-                events.append((int(start_ns) / 1e3, float(duration_ms) * 1e3))
-    events.sort()
-    per_step = len(events) // steps
-    for i in range(steps):
-        step = events[i * per_step:(i + 1) * per_step]
-        span = step[-1][0] + step[-1][1] - step[0][0]
-        busy = sum(duration for _, duration in step)
-        gaps = sorted(b[0] - (a[0] + a[1]) for a, b in zip(step, step[1:]))
-        print(f"step {i + 1}: {len(step)} kernels, {span / 1e3:.1f} ms first start to last end, {busy / 1e3:.1f} ms "
-              f"in kernels, {(span - busy) / 1e3:.1f} ms between them (median gap {gaps[len(gaps) // 2]:.0f} us)")
+def profile_timm(model, batch, case, steps):
+    """``(wall seconds per step, {op: seconds per step})`` of timm's step, torch.profiler (self time of each op)."""
+    sys.path.insert(0, HERE)
+    import _torchvision_stub
+    _torchvision_stub.install()
+    import timm
+    import torch
+    net = timm.create_model(MODELS[model][1], num_classes=1000)
+    images, labels = torch.randn(batch, 3, 224, 224), torch.randint(0, 1000, (batch,))
+    if case == "train":
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.05)
+        net.train()
+
+        def run():
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(net(images), labels).backward()
+            optimizer.step()
+    else:
+        net.eval()
+
+        def run():
+            with torch.inference_mode():
+                net(images)
+    for _ in range(3):
+        run()
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    wall = (time.perf_counter() - start) / steps
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for _ in range(steps):
+            run()
+    ops = {e.key: e.self_cpu_time_total / 1e6 / steps for e in profiler.key_averages() if e.self_cpu_time_total > 0}
+    return wall, ops
+
+
+def worker(args):
+    profile = {"ms_vit": profile_ms_vit, "timm": profile_timm}[args.worker]
+    wall, ops = profile(args.model, args.batch, args.case, args.steps)
+    print(json.dumps({"wall": wall, "ops": ops}))
+
+
+def summary(wall, ops):
+    """``{category: ms per step}`` with the time between operators (wall - the operators' time)."""
+    out = {}
+    for op, seconds in ops.items():
+        out[category(op)] = out.get(category(op), 0.0) + 1e3 * seconds
+    out["between operators"] = max(0.0, 1e3 * wall - sum(out.values()))
+    out["wall"] = 1e3 * wall
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=list(MODELS), default="b16")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--case", choices=["infer", "train"], default="infer")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--framework", choices=["both", "ms_vit", "timm"], default="both")
+    parser.add_argument("--worker", choices=["ms_vit", "timm"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    print(_machine.describe(), flush=True)
+    frameworks = ["ms_vit", "timm"] if args.framework == "both" else [args.framework]
+    found = {}
+    for name in frameworks:
+        run = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name, "--model", args.model,
+                              "--batch", str(args.batch), "--case", args.case, "--steps", str(args.steps)],
+                             capture_output=True, text=True, env=dict(os.environ, GLOG_v="3"))
+        if run.returncode:
+            print(f"{name}: failed: {(run.stderr.strip().splitlines() or ['?'])[-1]}")
+            continue
+        found[name] = json.loads(run.stdout.strip().splitlines()[-1])
+    print(f"\n{args.model} {args.case} batch {args.batch}: ms per step")
+    summaries = {name: summary(r["wall"], r["ops"]) for name, r in found.items()}
+    rows = ["GEMM", "attention", "other operators", "between operators", "wall"]
+    print(f"{'':<20}" + "".join(f"{name:>12}" for name in summaries))
+    for row in rows:
+        print(f"{row:<20}" + "".join(f"{s.get(row, 0.0):>12.2f}" for s in summaries.values()))
+    for name, r in found.items():
+        print(f"\n{name}: the {args.top} costliest operators (ms per step, share of the wall time)")
+        for op, seconds in sorted(r["ops"].items(), key=lambda kv: -kv[1])[:args.top]:
+            print(f"  {op:<52}{1e3 * seconds:>9.2f}{seconds / r['wall']:>8.1%}  {category(op)}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

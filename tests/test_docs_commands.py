@@ -313,6 +313,12 @@ COMMANDS = {
         Runs(root="data/mnist", why="ROOT is the dataset outputs/train was trained on: the msrun line's digits",
              files=("outputs/train/eval_val.report.txt", "outputs/train/eval_val.confusion.png"),
              output=("(800 images)", "confusion matrix: ")),
+    # docs/testing.md
+    "MS_VIT_TOLERANCE_LOG=/tmp/margins.jsonl python -m pytest -q tests/test_kernels.py tests/test_convert.py":
+        NotHere("runs part of the test suite itself (which runs those tests); the variable only adds the margins log"),
+    "python -c \"import json; r = [json.loads(l) for l in open('/tmp/margins.jsonl')]; "
+    "[print(f\\\"{d['ratio']:.3g}  {d['test']}  {d['what']}\\\") for d in sorted(r, key=lambda d: -d['ratio'])[:10]]\"":
+        NotHere("reads the margins log the line above writes"),
     # docs/weights.md
     "python -m ms_vit.weights":
         Runs(output=("source        top-1 image  cached", "vit_b_16_224.mindvision", "deit3_base_patch16_224.fb_in1k",

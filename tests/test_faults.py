@@ -1,5 +1,6 @@
 """Faults a long training run meets, each made for real: signals sent to a running train.py, a non-finite loss,
 bad image files, a full disk (a file-size limit), a folder in use, damaged checkpoints."""
+import concurrent.futures
 import glob
 import json
 import os
@@ -213,10 +214,8 @@ def test_damaged_checkpoint_is_one_error_line_everywhere(imagenet_sample, tmp_pa
                 ("export.py", "--ckpt_path", str(bad), "--file_format", "MINDIR"),
                 ("-m", "ms_vit.convert", str(bad), "--out", str(tmp_path / "converted.ckpt"))]
 
-    for bad in (cut, flipped):
-        message = f"cannot read checkpoint {bad}: the file is truncated or corrupted"
-        for args in scripts(bad):
-            assert_clean_error(run_script(*args), message)
+    cases = [(args, (f"cannot read checkpoint {bad}: the file is truncated or corrupted",))
+             for bad in (cut, flipped) for args in scripts(bad)]
     crafted = crafted_ckpt.kinds(raw)
     ms.save_checkpoint([{"name": "w", "data": ms.Tensor(np.ones(3, np.float32))}], str(tmp_path / "enc.ckpt"),
                        enc_key=b"0123456789abcdef")
@@ -225,8 +224,10 @@ def test_damaged_checkpoint_is_one_error_line_everywhere(imagenet_sample, tmp_pa
         bad = tmp_path / f"crafted-{i}.ckpt"
         bad.write_bytes(data)
         runs = scripts(bad) if i == 0 else [scripts(bad)[i % 6]]
-        for args in runs:
-            assert_clean_error(run_script(*args), f"cannot read checkpoint {bad}: ", says)
+        cases += [(args, (f"cannot read checkpoint {bad}: ", says)) for args in runs]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:      # two processes at a time
+        for (args, fragments), result in zip(cases, pool.map(lambda case: run_script(*case[0]), cases)):
+            assert_clean_error(result, *fragments)
     # the converter's inputs: a cut safetensors file
     from safetensors.numpy import save_file
     source = tmp_path / "model.safetensors"
