@@ -7,7 +7,7 @@ A progress line every ~10 s (images done, img/s, time left). The metrics JSON ho
 top-1 and image count; --report also writes the worst classes and the most-confused class pairs (with class names)
 as text and, for up to 100 classes, the confusion matrix as a picture.
 
-Checkpoints written by train.py or ms_vit.convert carry their variant, image size, preprocessing and classes;
+Checkpoints written by train.py or ms_vit.weights.convert carry their variant, image size, preprocessing and classes;
 pretrained weight sets (--pretrained NAME) and other layouts (the public vit_b_16_224.ckpt, timm, mindcv...) load
 with the numerics and preprocessing their publishers trained and evaluated them with.
 """
@@ -17,10 +17,12 @@ import sys
 
 import numpy as np
 
-from ms_vit import cli, compile_cache, data, device, report
-from ms_vit.evaluate import evaluate
+from ms_vit import cli, data, device
+from ms_vit.deploy import compile_cache
+from ms_vit.evaluation import report
+from ms_vit.evaluation.evaluate import evaluate
 from ms_vit.factory import INFERENCE
-from ms_vit.history import write_json
+from ms_vit.training.history import write_json
 
 MAX_PICTURE_CLASSES = 100
 

@@ -9,7 +9,7 @@ is traced at N, default 1).
 
 MINDIR and AIR are MindSpore's exports of the network built on MindSpore's own operators only (no fused CPU kernels:
 a MINDIR holding them would carry this machine's library path), in evaluation mode. ONNX is built from the model's
-config and weights with the onnx package, opset 17 (``ms_vit.onnx_export``: LayerNormalization, the Erf GELU that
+config and weights with the onnx package, opset 17 (``ms_vit.deploy.onnx_export``: LayerNormalization, the Erf GELU that
 onnxruntime fuses, MatMul + Add), because MindSpore's own ONNX exporter (opset 11, no Erf, traced shapes) wrote a
 graph that onnxruntime ran at 0.64x the speed of timm's export.
 
@@ -23,7 +23,8 @@ import os
 import sys
 import time
 
-from ms_vit import checkpoint, cli, device
+from ms_vit import cli, device
+from ms_vit.weights import checkpoint
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 ONNX_INSTALL = ('ONNX export needs the onnx package: pip install "ms_vit[onnx]" (from this folder: pip install '
@@ -68,7 +69,7 @@ def export(net, file_format: str, base: str, batch=None) -> str:
     import numpy as np
     path = base + FORMATS[file_format]
     if file_format == "ONNX":
-        from ms_vit import onnx_export
+        from ms_vit.deploy import onnx_export
         onnx_export.export(net, path, batch)
         return path
     shape = (batch, net.config.in_channels, net.config.image_size, net.config.image_size)

@@ -9,7 +9,7 @@ image with its label drawn.
 attention per head; --plot writes IMAGE_topk.png: the image beside a bar chart of its top-k classes.
 
 Images that fit in one --batch_size batch run in PyNative mode (no graph compilation: the first answer
-soonest); more run in graph mode, batched, the graph cached for the next process (ms_vit/compile_cache.py).
+soonest); more run in graph mode, batched, the graph cached for the next process (ms_vit/deploy/compile_cache.py).
 """
 import argparse
 import json
@@ -19,10 +19,11 @@ import sys
 import mindspore as ms
 import numpy as np
 
-from ms_vit import cli, compile_cache, data, device, mindir
-from ms_vit.evaluate import softmax
+from ms_vit import cli, data, device
+from ms_vit.deploy import compile_cache, mindir
+from ms_vit.evaluation.evaluate import softmax
 from ms_vit.factory import INFERENCE
-from ms_vit.render import render_label
+from ms_vit.pictures.render import render_label
 
 
 def build_parser():
@@ -56,7 +57,7 @@ def class_names_for(net):
 class ExportedModel:
     """A MINDIR written by export.py, run with ``mindspore.load`` + ``nn.GraphCell``; its JSON gives the
     preprocessing and the class names. A MINDIR holding operators that load or run code (Custom/AOT, PyFunc...) is
-    refused before it is loaded (``ms_vit.mindir``)."""
+    refused before it is loaded (``ms_vit.deploy.mindir``)."""
 
     def __init__(self, path: str):
         from mindspore import nn
@@ -160,13 +161,13 @@ def draw_extras(args, net, crop, image, names, top, probs, label, stem):
     """--plot's top-k chart and --attention's maps of one image."""
     from PIL import Image
 
-    from ms_vit import plots
+    from ms_vit.pictures import plots
     view = Image.fromarray(crop)
     if args.plot:
         plots.plot_topk(view, [data.short_name(names[i]) for i in top], probs[top], f"{stem}_topk.png")
         print(f"  top-{len(top)} chart: {stem}_topk.png")
     if args.attention:
-        from ms_vit.visualize import as_grid, attention_rollout, attention_weights
+        from ms_vit.pictures.visualize import as_grid, attention_rollout, attention_weights
         weights = attention_weights(net, image)[:, 0]                  # (depth, H, 1 + N, 1 + N)
         plots.plot_attention(view, as_grid(attention_rollout(weights)), as_grid(weights[-1, :, 0, 1:]),
                              label, f"{stem}_attention.png")

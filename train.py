@@ -25,20 +25,24 @@ import numpy as np
 from mindspore import nn
 from mindspore.train import Model
 
-from ms_vit import amp, checkpoint, cli, create_model, data, device, fault_points, sink, weights
-from ms_vit.augment import Mixup
+from ms_vit import cli, create_model, data, device, fault_points
 from ms_vit.config import parse_with_config, write_config
-from ms_vit.evaluate import evaluate
+from ms_vit.data.augment import Mixup
+from ms_vit.evaluation.evaluate import evaluate
 from ms_vit.factory import build_model
-from ms_vit.guard import RunGuard, RunStopped, stop_on_signal
-from ms_vit.history import CURVES_FILE, TRAIN_FILE, VAL_FILE, RunHistory
-from ms_vit.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from ms_vit.lr import training_schedule
-from ms_vit.optim import AdamW, layer_decay_scales
-from ms_vit.progress import Progress, format_duration
-from ms_vit.run_folder import RunFolder
-from ms_vit.train_step import MAX_OVERFLOWS_IN_A_ROW, ModelEMA, TrainStep
-from ms_vit.vit import VARIANTS, ViTConfig
+from ms_vit.models import amp
+from ms_vit.models.vit import VARIANTS, ViTConfig
+from ms_vit.timing import format_duration
+from ms_vit.training import sink
+from ms_vit.training.guard import RunGuard, RunStopped, stop_on_signal
+from ms_vit.training.history import CURVES_FILE, TRAIN_FILE, VAL_FILE, RunHistory
+from ms_vit.training.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from ms_vit.training.lr import training_schedule
+from ms_vit.training.optim import AdamW, layer_decay_scales
+from ms_vit.training.progress import Progress
+from ms_vit.training.run_folder import RunFolder
+from ms_vit.training.train_step import MAX_OVERFLOWS_IN_A_ROW, ModelEMA, TrainStep
+from ms_vit.weights import checkpoint, registry
 
 
 def build_parser():
@@ -96,7 +100,7 @@ def build_parser():
     g.add_argument("--pretrained", metavar="NAME|FILE",
                    help="weights to fine-tune from (head replaced if the class count differs): a pretrained weight "
                         "set's name (python -m ms_vit.weights lists them; downloaded and verified on first use) or a "
-                        "file in any layout ms_vit.convert knows")
+                        "file in any layout ms_vit.weights.convert knows")
     g.add_argument("--resume", help="checkpoint written by train.py to continue (weights, optimizer, position in "
                    "the run), or 'auto': the newest in --ckpt_save_dir, or a new run when there is none")
     g = p.add_argument_group("optimisation")
@@ -164,7 +168,8 @@ class EvaluateAndKeepBest:
     """After each epoch (``RunGuard(on_epoch_end=[...])``, after the epoch's resumable checkpoint): top-1/top-5 on
     the validation set (of the EMA weights too, with ``ema``), recorded in ``val_history.json`` before the epoch's
     line is printed; the best epoch then saved as ``best.ckpt`` (with the EMA weights, for ``eval.py --use_ema``),
-    and the curves drawn (``ms_vit.history``). A resumed run continues the records and keeps the best top-1 of its
+    and the curves drawn (``ms_vit.training.history``). A resumed run continues the records and keeps the best top-1 of
+    its
     earlier epochs: ``best.ckpt`` is never replaced by a worse epoch; ``catch_up`` finishes what a killed run left
     undone after its last checkpoint.
 
@@ -382,7 +387,7 @@ def build_network(args, run, splits, resume):
                           args.image_size, **options)
     else:
         overrides = {k: getattr(args, k) for k in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_dim")}
-        named, path = weights.resolve(args.pretrained) if args.pretrained else (None, None)
+        named, path = registry.resolve(args.pretrained) if args.pretrained else (None, None)
         net = create_model(named or args.model or (None if path else "vit_b_16_224"), pretrained=bool(named),
                            num_classes=splits.num_classes, image_size=args.image_size, checkpoint_path=path,
                            weight_init=args.weight_init, **options,
@@ -492,7 +497,7 @@ def starting_position(args, run, datasets, resume):
         run.folder.open()
     sink_size, sink_loop, kept = sinking(args, run, datasets.steps)
     left_out = datasets.steps - kept
-    if left_out:                                 # each epoch a whole number of sinks (ms_vit.sink.plan_sinks)
+    if left_out:                                 # each epoch a whole number of sinks (ms_vit.training.sink.plan_sinks)
         datasets.train, datasets.steps = datasets.train.take(kept), kept
     steps = datasets.steps
     start_epoch, start_step = resume_position(params, meta, steps, path) if path else (0, 0)
@@ -510,7 +515,7 @@ def sinking(args, run, steps: int):
     """``(sink size, whether MindSpore's sink loop runs, steps kept per epoch)``: on Ascend/GPU in graph mode the
     dataset is sunk about ``--sink_size`` steps at a time (default: the progress interval), each epoch a whole
     number of sinks (``sink.plan_sinks``); on CPU step by step unless ``--sink_size`` > 1, which replays the device's
-    cadence (``ms_vit.sink``)."""
+    cadence (``ms_vit.training.sink``)."""
     on_device = run.target != "CPU" and args.mode == "graph"
     requested = args.sink_size or (progress_interval(args, steps) if on_device else 1)
     size, kept = sink.plan_sinks(requested, steps)
@@ -523,7 +528,8 @@ def progress_interval(args, steps: int) -> int:
 
 
 def build_callbacks(args, run, net, splits, datasets, training, position):
-    """The run guard (``ms_vit.guard``, the one MindSpore callback) with what it feeds: the progress line and the
+    """The run guard (``ms_vit.training.guard``, the one MindSpore callback) with what it feeds: the progress line and
+    the
     history at each look; at each epoch's end, the resumable checkpoint, the evaluation and ``best.ckpt``."""
     steps = datasets.steps
     meta = {"config": net.config.to_dict(), "classes": splits.classes, "class_names": splits.names,

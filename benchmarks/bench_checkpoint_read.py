@@ -50,7 +50,8 @@ def write_checkpoint(path: str, model: str, moments: bool) -> None:
     import mindspore as ms
     import numpy as np
 
-    from ms_vit import checkpoint, create_model
+    from ms_vit import create_model
+    from ms_vit.weights import checkpoint
     net = create_model(model)
     extra = []
     if moments:                                   # Adam's two moments: the size of a train.py checkpoint

@@ -7,7 +7,7 @@ For each image count, the two commands run ``--runs`` times, alternating; printe
 peak memory (max RSS of the process), and the ratios timm / ms_vit for time (>1: ms_vit answers first) and
 ms_vit / timm for memory (<1: ms_vit smaller). ms_vit also writes each picture with its label (timm's side does
 not draw). Weights: timm's model with its own random initialisation (seed 0) saved as ``model.safetensors``,
-converted with ``python -m ms_vit.convert`` into ``B16.ckpt``: the same numbers on both sides.
+converted with ``python -m ms_vit.weights.convert`` into ``B16.ckpt``: the same numbers on both sides.
 
 Also prints where a fresh ms_vit process spends its time (``--phases``): import, model build, weight loading,
 the first forward pass, rendering.
@@ -88,7 +88,8 @@ from safetensors.torch import save_file
 torch.manual_seed(0)
 save_file(timm.create_model({timm_name!r}, pretrained=False).state_dict(), {weights!r})
 """], check=True)
-    subprocess.run([sys.executable, "-m", "ms_vit.convert", weights, "--out", ckpt, "--model", ms_name], check=True,
+    subprocess.run([sys.executable, "-m", "ms_vit.weights.convert", weights, "--out", ckpt, "--model", ms_name],
+                   check=True,
                    cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True)
     from dataset_tools.demo import build_imagenet_sample
     data = os.path.join(folder, "photos")
@@ -105,7 +106,7 @@ import time
 start = time.perf_counter()
 from ms_vit import create_model, data, device
 import mindspore as ms
-from ms_vit.render import render_label
+from ms_vit.pictures.render import render_label
 marks = [("import", time.perf_counter())]
 device.setup(None, "pynative")
 net = create_model(checkpoint_path={ckpt!r}); net.set_train(False)

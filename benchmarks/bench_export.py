@@ -125,7 +125,8 @@ def main():
     sys.path.insert(0, ROOT)
     import mindspore as ms
 
-    from ms_vit import checkpoint, create_model
+    from ms_vit import create_model
+    from ms_vit.weights import checkpoint
     ms.set_device("CPU")
     with tempfile.TemporaryDirectory(prefix="ms_vit_export_") as work:      # ~90 MB of models, removed after
         print(f"{'case':<16}{'ms_vit ONNX':>12}{'timm ONNX':>11}{'ratio':>7}{'MINDIR':>9}{'checkpoint':>11}{'ratio':>7}"

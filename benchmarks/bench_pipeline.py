@@ -84,7 +84,7 @@ def ms_vit_batches(split, workers, processes=False):
     from mindspore.dataset.transforms.transforms import TensorOperation
 
     from ms_vit import data, variant_config
-    from ms_vit.augment import Mixup
+    from ms_vit.data.augment import Mixup
     ds.config.set_seed(0)
     if processes:
         threaded_map = ds.Dataset.map
@@ -196,7 +196,7 @@ def python_steps_ms(split, images: int = 192) -> float:
     import numpy as np
     from PIL import Image
 
-    from ms_vit.augment import Mixup, RandAugment, RandomErasing
+    from ms_vit.data.augment import Mixup, RandAugment, RandomErasing
     random.seed(0)
     np.random.seed(0)
     files = sorted(os.path.join(split, c, name) for c in os.listdir(split)

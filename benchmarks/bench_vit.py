@@ -67,10 +67,11 @@ def run_mindspore(model, case, batch, repeats, amp_level="O0"):
     import numpy as np
     from mindspore import nn
 
-    from ms_vit import amp, create_model
-    from ms_vit.loss import LabelSmoothingCrossEntropy
-    from ms_vit.optim import AdamW
-    from ms_vit.train_step import TrainStep
+    from ms_vit import create_model
+    from ms_vit.models import amp
+    from ms_vit.training.loss import LabelSmoothingCrossEntropy
+    from ms_vit.training.optim import AdamW
+    from ms_vit.training.train_step import TrainStep
     ms.set_context(mode=ms.GRAPH_MODE)
     if os.environ.get("BENCH_MEM"):
         init, grow, level = os.environ["BENCH_MEM"].split(",")
@@ -223,7 +224,7 @@ def pipeline_throughput(seconds=20.0, workers=2, deit=False):
         classes = data.list_classes(split)
         recipe = {}
         if deit:
-            from ms_vit.augment import Mixup
+            from ms_vit.data.augment import Mixup
             recipe = dict(auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, repeated_aug=3,
                           mixup=Mixup(0.8, 1.0, label_smoothing=0.1, num_classes=len(classes)))
         dataset = data.create_dataset(split, classes, variant_config("vit_b_16_224"), batch_size=8, training=True,

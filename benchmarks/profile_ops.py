@@ -44,9 +44,9 @@ def profile_ms_vit(model, batch, case, steps):
     from mindspore import nn
 
     from ms_vit import create_model
-    from ms_vit.loss import LabelSmoothingCrossEntropy
-    from ms_vit.optim import AdamW
-    from ms_vit.train_step import TrainStep
+    from ms_vit.training.loss import LabelSmoothingCrossEntropy
+    from ms_vit.training.optim import AdamW
+    from ms_vit.training.train_step import TrainStep
     ms.set_context(mode=ms.GRAPH_MODE)
     net = create_model(MODELS[model][0])
     rng = np.random.default_rng(0)

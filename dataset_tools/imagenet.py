@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional
 
 from ms_vit.data import DEVKIT, DatasetError
 from ms_vit.files import write_atomically
-from ms_vit.progress import Ticker
+from ms_vit.timing import Ticker
 
 from .dest import claim, mark
 

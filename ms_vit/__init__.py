@@ -1,20 +1,20 @@
 """ms_vit: the Vision Transformer in MindSpore, for Ascend NPUs, GPUs and CPUs."""
-from .checkpoint import CheckpointError
 from .factory import create_model
-from .vit import (
-                  VARIANTS,
-                  Attention,
-                  DropPath,
-                  FeedForward,
-                  PatchEmbedding,
-                  ResidualCell,
-                  TransformerEncoder,
-                  ViT,
-                  ViTConfig,
-                  count_params,
-                  list_models,
-                  variant_config,
+from .models.vit import (
+    VARIANTS,
+    Attention,
+    DropPath,
+    FeedForward,
+    PatchEmbedding,
+    ResidualCell,
+    TransformerEncoder,
+    ViT,
+    ViTConfig,
+    count_params,
+    list_models,
+    variant_config,
 )
+from .weights.checkpoint import CheckpointError
 
 __all__ = ["ViT", "ViTConfig", "VARIANTS", "Attention", "FeedForward", "ResidualCell", "TransformerEncoder",
            "PatchEmbedding", "DropPath", "CheckpointError", "create_model", "list_models", "variant_config",

@@ -7,9 +7,9 @@ import os
 import signal
 import sys
 
-from .checkpoint import CheckpointError
 from .data import DatasetError
-from .guard import Interrupted, RunStopped
+from .training.guard import Interrupted, RunStopped
+from .weights.checkpoint import CheckpointError
 
 USER_ERRORS = (CheckpointError, DatasetError, ValueError, FileNotFoundError)
 
@@ -83,8 +83,9 @@ def add_weights_args(parser: argparse.ArgumentParser, also: str = "") -> None:
     """``--ckpt_path FILE`` or ``--pretrained NAME``, one of them required, and ``--model``; ``also``: what else
     ``--ckpt_path`` takes."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt_path", help="a checkpoint: written by train.py or ms_vit.convert, or in any layout "
-                        "ms_vit.convert knows" + also)
+    source.add_argument("--ckpt_path", help="a checkpoint: written by train.py or ms_vit.weights.convert, or in any "
+                        "layout "
+                        "ms_vit.weights.convert knows" + also)
     source.add_argument("--pretrained", metavar="NAME", help="a pretrained weight set by name (python -m "
                         "ms_vit.weights lists them), downloaded and verified on first use")
     parser.add_argument("--model", help="variant, for checkpoints that record none and whose shapes do not say it")
@@ -92,7 +93,7 @@ def add_weights_args(parser: argparse.ArgumentParser, also: str = "") -> None:
 
 def load_model(args, **options):
     """The model ``--ckpt_path`` or ``--pretrained`` names (``add_weights_args``)."""
-    from . import create_model
+    from .factory import create_model
     if args.pretrained:
         return create_model(args.pretrained, pretrained=True, **options)
     return create_model(args.model, checkpoint_path=args.ckpt_path, **options)

@@ -3,8 +3,8 @@ import contextlib
 import dataclasses
 from typing import Optional
 
-from . import checkpoint
-from .vit import ViT, ViTConfig, variant_config
+from .models.vit import ViT, ViTConfig, variant_config
+from .weights import checkpoint
 
 
 def _no_init_parameters():
@@ -43,11 +43,12 @@ def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, 
             leaves the head newly initialised (fine-tuning), announced.
         image_size: input side; default: the weights', else the variant's. A different size than the weights'
             resamples the position embedding, announced.
-        checkpoint_path: a weights file in any layout ``ms_vit.convert`` knows (ms_vit and MindSpore checkpoints,
+        checkpoint_path: a weights file in any layout ``ms_vit.weights.convert`` knows (ms_vit and MindSpore
+            checkpoints,
             MindSpore Vision, mindcv, the model zoo, timm, the JAX release, torchvision); every parameter must fit
             (``checkpoint.load_into``). The numerics and preprocessing the weights were trained with come along.
         fused_kernels: run on the fused CPU kernels (faster, same numbers); default: on CPU when they can be built
-            here; ``False``: MindSpore's operators only (what exports need). See ``ms_vit.layers``.
+            here; ``False``: MindSpore's operators only (what exports need). See ``ms_vit.models.layers``.
         device_kernels: Ascend's fused operators (FlashAttention, one-operator GELU); opt-in, refused elsewhere.
         ema: load the exponential moving average of the weights (``ema.*``, written by train.py with
             ``--ema_decay``) instead of the trained weights.
@@ -58,13 +59,13 @@ def create_model(name: Optional[str] = None, num_classes: Optional[int] = None, 
     Returns:
         The ``ViT``; ``net.checkpoint_meta`` holds what the checkpoint recorded (class names, epoch...).
     """
-    from . import convert, weights  # (imported here: both are also run as python -m ms_vit.<module>)
+    from .weights import convert, registry  # (here: both also run as python -m ms_vit.weights[.convert])
     weight_set = None
-    if pretrained or weights.is_weight_name(name):
+    if pretrained or registry.is_weight_name(name):
         if checkpoint_path:
             raise ValueError("give a pretrained weight set's name or a checkpoint_path, not both")
-        weight_set = weights.find(name)
-        checkpoint_path, name = weights.fetch(weight_set), None      # the variant is the file's, checked
+        weight_set = registry.find(name)
+        checkpoint_path, name = registry.fetch(weight_set), None      # the variant is the file's, checked
     if not checkpoint_path:
         return build_model(name, {}, {}, None, num_classes, image_size, fused_kernels, device_kernels, **overrides)
     loaded = convert.read_pretrained(checkpoint_path, weight_set.layout if weight_set and

@@ -16,9 +16,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from ms_vit import amp, create_model, layers
-from ms_vit.loss import LabelSmoothingCrossEntropy
-from ms_vit.train_step import TrainStep
+from ms_vit import create_model
+from ms_vit.models import amp, layers
+from ms_vit.training.loss import LabelSmoothingCrossEntropy
+from ms_vit.training.train_step import TrainStep
 
 
 def compile_case(out: str, level: str, dtype: str, options) -> None:

@@ -58,7 +58,7 @@ def check(out, printed):
             problems.append(f"epoch {r['epoch']} printed {printed[r['epoch']]}, recorded {figures}")
     best = max(records, key=lambda r: r["top1"])
     sys.path.insert(0, ROOT)
-    from ms_vit import checkpoint
+    from ms_vit.weights import checkpoint
     if checkpoint.read(os.path.join(out, "best.ckpt"))[1].get("epoch") != best["epoch"]:
         problems.append("best.ckpt is not the best recorded epoch")
     if glob.glob(os.path.join(out, "*.tmp")) + glob.glob(os.path.join(out, ".*.tmp*")):

@@ -1,4 +1,5 @@
-"""AMP levels (ms_vit.amp): the dtypes the compiled training graph really computes with, at every level; O1 and O3
+"""AMP levels (ms_vit.models.amp): the dtypes the compiled training graph really computes with, at every level; O1 and
+O3
 train; bfloat16 is refused where MindSpore cannot train in it."""
 import re
 import subprocess
@@ -20,8 +21,8 @@ import numpy as np, mindspore as ms
 from mindspore import nn
 ms.set_device("CPU"); ms.set_context(mode=ms.GRAPH_MODE)
 from ms_vit import amp, create_model
-from ms_vit.loss import LabelSmoothingCrossEntropy
-from ms_vit.train_step import TrainStep
+from ms_vit.training.loss import LabelSmoothingCrossEntropy
+from ms_vit.training.train_step import TrainStep
 net = create_model("vit_ti_16_224", num_classes=5, image_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3,
                    mlp_dim=96, fused_kernels=False)
 scaler = amp.loss_scale_manager(level, dtype)
@@ -92,7 +93,8 @@ def test_o3_is_float16_but_the_loss(graphs):
 def test_parameter_names_unchanged_by_amp():
     import mindspore as ms
 
-    from ms_vit import amp, create_model
+    from ms_vit import create_model
+    from ms_vit.models import amp
     ms.set_context(mode=ms.GRAPH_MODE)
     for level in ("O1", "O2", "O3"):
         net = create_model("vit_ti_16_224", num_classes=5, image_size=32, patch_size=8, depth=1, fused_kernels=False)
@@ -113,7 +115,7 @@ def test_level_trains(imagenet_sample, tmp_path, level):
 
 
 def test_bfloat16_refused_off_ascend_910b(imagenet_sample, tmp_path):
-    from ms_vit import amp
+    from ms_vit.models import amp
     result = run_script("train.py", "--data_dir", imagenet_sample, "--ckpt_save_dir", str(tmp_path),
                         "--amp_level", "O2", "--amp_dtype", "bfloat16", *TINY_ARGS)
     assert_clean_error(result, "--amp_dtype bfloat16 trains on Ascend 910B and later", "not on CPU")

@@ -1,4 +1,4 @@
-"""ms_vit.augment against timm's definitions: RandAugment, random erasing, Mixup/CutMix, repeated augmentation."""
+"""ms_vit.data.augment against timm's definitions: RandAugment, random erasing, Mixup/CutMix, repeated augmentation."""
 import math
 import random
 
@@ -7,8 +7,8 @@ import pytest
 from bounds import U, assert_within
 from PIL import Image, ImageEnhance, ImageOps
 
-from ms_vit import augment
-from ms_vit.augment import Mixup, RandAugment, RandomErasing, RepeatedAugmentSampler, cutmix_box, soft_targets
+from ms_vit.data import augment
+from ms_vit.data.augment import Mixup, RandAugment, RandomErasing, RepeatedAugmentSampler, cutmix_box, soft_targets
 
 # timm 1.0's _RAND_INCREASING_TRANSFORMS, in its order
 TIMM_INC1 = ["AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",

@@ -90,7 +90,7 @@ MISTAKES = [
     (EXPORT + ["--file_format", "AIR"], "AIR files are written on Ascend only"),
     (EXPORT[:-1] + ["{user_file}/model"], "cannot write --output {user_file}/model.mindir"),
     (["demo.py", "--epochs", "0"], "argument --epochs: must be an integer at least 1"),
-    (["-m", "ms_vit.convert", "{missing}.safetensors", "--out", "{run}/x.ckpt"], "{missing}.safetensors"),
+    (["-m", "ms_vit.weights.convert", "{missing}.safetensors", "--out", "{run}/x.ckpt"], "{missing}.safetensors"),
 ]
 
 
@@ -106,8 +106,9 @@ def sandbox(imagenet_sample, tmp_path_factory):
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, folder)
     classes = len(os.listdir(data / "train"))
-    from ms_vit import checkpoint, create_model
+    from ms_vit import create_model
     from ms_vit.data import list_classes
+    from ms_vit.weights import checkpoint
     net = create_model("vit_ti_16_224", num_classes=classes, image_size=32, patch_size=8, embed_dim=48, depth=2,
                        num_heads=3, mlp_dim=96)
     ckpt = root / "model.ckpt"

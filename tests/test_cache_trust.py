@@ -184,8 +184,8 @@ def test_planted_weights_with_a_matching_record_are_refused(cache):
     """A row without a published sha256 trusts its cached file by its record: only in the user's own folder."""
     import hashlib
 
-    from ms_vit import weights
-    entry = weights.find("vit_b_16_224.mindvision")
+    from ms_vit.weights import registry
+    entry = registry.find("vit_b_16_224.mindvision")
     os.makedirs(os.path.dirname(entry.path), mode=0o700)
     os.chmod(cache, 0o700)
     os.chmod(os.path.dirname(os.path.dirname(entry.path)), 0o700)
@@ -195,13 +195,13 @@ def test_planted_weights_with_a_matching_record_are_refused(cache):
         f.write(hashlib.sha256(b"planted weights").hexdigest() + "\n")
     os.chmod(entry.path, 0o644)
     os.chmod(entry.path + ".sha256", 0o644)
-    assert weights.fetch(entry) == entry.path                  # the user's own record: used (trusted on first use)
+    assert registry.fetch(entry) == entry.path                  # the user's own record: used (trusted on first use)
     for damage, where, expected in ((other_owned, entry.path, "belongs to user nobody"),
                                     (mode(0o664), entry.path + ".sha256", "can be written by its group"),
                                     (other_owned, os.path.dirname(entry.path), "belongs to user nobody")):
         damage(where)
-        with pytest.raises(weights.WeightsError) as caught:
-            weights.fetch(entry)
+        with pytest.raises(registry.WeightsError) as caught:
+            registry.fetch(entry)
         assert where in str(caught.value) and expected in str(caught.value)
         os.chown(where, 0, 0)
         os.chmod(where, 0o700 if os.path.isdir(where) else 0o644)
@@ -213,7 +213,8 @@ def test_planted_weights_with_a_matching_record_are_refused(cache):
 
 
 def test_a_foreign_graph_cache_is_not_used(cache, caplog):
-    from ms_vit import compile_cache, create_model
+    from ms_vit import create_model
+    from ms_vit.deploy import compile_cache
     net = create_model("vit_ti_16_224", image_size=32, patch_size=8, depth=1, num_classes=3, fused_kernels=False)
     folder = compile_cache.enable(net, 2)
     assert folder and stat.S_IMODE(os.stat(folder).st_mode) == 0o700
@@ -227,7 +228,7 @@ def test_a_foreign_graph_cache_is_not_used(cache, caplog):
 
 
 def test_foreign_image_check_records_are_not_used(cache, tmp_path, caplog):
-    from ms_vit.manifest import ScanManifest
+    from ms_vit.data.manifest import ScanManifest
     split = tmp_path / "train"
     split.mkdir()
     manifest = ScanManifest(str(split))

@@ -1,4 +1,4 @@
-"""Unit tests of ms_vit.checkpoint and create_model(checkpoint_path=...)."""
+"""Unit tests of ms_vit.weights.checkpoint and create_model(checkpoint_path=...)."""
 import logging
 import os
 
@@ -9,8 +9,9 @@ import pytest
 from bounds import U, assert_within
 from conftest import shared_path
 
-from ms_vit import CheckpointError, checkpoint, ckpt_format, convert, create_model
-from ms_vit.run_folder import RunFolder
+from ms_vit import CheckpointError, create_model
+from ms_vit.training.run_folder import RunFolder
+from ms_vit.weights import checkpoint, ckpt_format, convert
 
 TINY = dict(num_classes=10, image_size=32, patch_size=8, depth=2)
 
@@ -341,7 +342,7 @@ def test_metadata_of_the_wrong_kind_is_a_checkpoint_error(tmp_path):
         with pytest.raises(CheckpointError, match=reason):
             checkpoint.read(path)
     # records of the wrong kind inside an object are left out by the run's history, not a crash
-    from ms_vit.history import RunHistory
+    from ms_vit.training.history import RunHistory
     good_record = {"epoch": 1, "top1": 0.5, "top5": 1.0, "loss": 1.0}
     history = RunHistory(str(tmp_path), 1, 5, {"train": 5, "val": [{"epoch": "x"}, {"epoch": 1, "top1": "high"},
                                                                    good_record]})

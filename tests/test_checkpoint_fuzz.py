@@ -24,8 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ms_vit import CheckpointError, checkpoint, create_model
-from ms_vit.ckpt_format import NP_TYPES
+from ms_vit import CheckpointError, create_model
+from ms_vit.weights import checkpoint
+from ms_vit.weights.ckpt_format import NP_TYPES
 
 SETTINGS = dict(derandomize=True, database=None, deadline=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,

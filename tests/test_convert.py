@@ -1,4 +1,4 @@
-"""ms_vit.convert: timm and JAX weights reproduce timm's logits (the other layouts: tests/test_weights.py).
+"""ms_vit.weights.convert: timm and JAX weights reproduce timm's logits (the other layouts: tests/test_weights.py).
 
 The parity fixture (a timm ViT of 64 px, patch 16, dim 96, depth 3, 3 heads, 10 classes with non-trivial random
 weights: model.safetensors, input.npy, logits.npy, config.json) is made by timm itself in its own process
@@ -19,7 +19,7 @@ from conftest import ROOT, require_timm, shared_path
 from safetensors.numpy import load_file, save_file
 
 from ms_vit import create_model
-from ms_vit.convert import TIMM_NAMES, ConversionError, convert, load_source
+from ms_vit.weights.convert import TIMM_NAMES, ConversionError, convert, load_source
 
 
 class Parity:
@@ -163,11 +163,11 @@ def test_unmapped_and_misshaped_weights_stop_conversion(parity, tmp_path):
 
 def test_cli_converts_and_fails_cleanly(parity, tmp_path):
     out = tmp_path / "cli.ckpt"
-    run = subprocess.run([sys.executable, "-m", "ms_vit.convert", parity.file("model.safetensors"),
+    run = subprocess.run([sys.executable, "-m", "ms_vit.weights.convert", parity.file("model.safetensors"),
                           "--out", str(out), "--num_heads", "3"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "with 10 classes" in run.stdout and out.exists()
-    run = subprocess.run([sys.executable, "-m", "ms_vit.convert", str(tmp_path / "missing.safetensors"),
+    run = subprocess.run([sys.executable, "-m", "ms_vit.weights.convert", str(tmp_path / "missing.safetensors"),
                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.strip().startswith("error: checkpoint not found")
     assert "Traceback" not in run.stderr

@@ -55,8 +55,8 @@ def small_dataset(imagenet_sample, tmp_path_factory):
 def kernels_cache(tmp_path_factory):
     """A cache folder holding only the compiled fused kernels (a copy of the default cache's): each chain starts
     with an empty image-check memory, without compiling the kernels again."""
-    from ms_vit import kernels
     from ms_vit.files import cache_root
+    from ms_vit.models import kernels
     library = kernels.compiled_library()
     folder = tmp_path_factory.mktemp("cache")
     if library:
@@ -80,7 +80,7 @@ def fresh_cache(kernels_cache, folder):
 
 
 def network_weights(path):
-    from ms_vit import checkpoint
+    from ms_vit.weights import checkpoint
     return checkpoint.network_params(checkpoint.read(str(path))[0])
 
 
@@ -117,7 +117,7 @@ def check_finished_run(out, printed, straight_records, last, straight_weights):
     steps = [h["step"] for h in json.loads((out / "train_history.json").read_text())]
     assert steps == [h["step"] for h in straight_records["train"]]
     best = max(records, key=lambda r: r["top1"])
-    from ms_vit import checkpoint
+    from ms_vit.weights import checkpoint
     assert checkpoint.read(str(out / "best.ckpt"))[1]["epoch"] == best["epoch"]
     weights = network_weights(out / last)
     assert max(float(np.abs(weights[k] - straight_weights[k]).max()) for k in weights) <= WEIGHT_TOLERANCE

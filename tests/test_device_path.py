@@ -1,4 +1,5 @@
-"""The Ascend/GPU training path, run here: MindSpore's dataset-sink cadence replayed on CPU (ms_vit.sink) with train.py
+"""The Ascend/GPU training path, run here: MindSpore's dataset-sink cadence replayed on CPU (ms_vit.training.sink) with
+train.py
 as a user runs it, the float16 overflow stop, the choice of sink size, the device kernels' checkable parts, the
 device line, recomputation."""
 import json
@@ -27,7 +28,7 @@ def progress_steps(stdout):
 
 
 def test_plan_sinks_keeps_whole_sinks_near_the_requested_size():
-    from ms_vit.sink import plan_sinks, resumed_sink_size
+    from ms_vit.training.sink import plan_sinks, resumed_sink_size
     assert plan_sinks(100, 1251) == (96, 1248)          # ImageNet, 8 x 128: 13 sinks, 3 batches left out (was 9)
     assert plan_sinks(100, 2502) == (96, 2496)          # 8 x 64 (was 18)
     assert plan_sinks(100, 10007) == (99, 9999)         # a prime (was 1)
@@ -66,7 +67,7 @@ def test_sink_replay_trains_step_for_step_as_step_by_step(imagenet_sample, tmp_p
     assert [h["loss"] for h in sinks] == pytest.approx([np.mean(steps[i:i + 5]) for i in range(0, 20, 5)], rel=1e-5)
     assert sorted(p for p in os.listdir(tmp_path / "sinks") if p.startswith("vit-")) == ["vit-1_10.ckpt",
                                                                                        "vit-2_10.ckpt"]
-    from ms_vit import checkpoint
+    from ms_vit.weights import checkpoint
     _, meta = checkpoint.read(str(tmp_path / "sinks" / "vit-2_10.ckpt"))
     assert meta["global_step"] == 20 and meta["epoch"] == 2
     a, b = weights(tmp_path / "steps" / "vit-2_10.ckpt"), weights(tmp_path / "sinks" / "vit-2_10.ckpt")
@@ -97,7 +98,7 @@ def test_sinks_at_a_prime_number_of_steps_and_sigterm_resume(prime_sample, tmp_p
     assert progress_steps(straight.stdout) == ["4/16", "8/16", "12/16", "16/16"] * 2
     assert [h["step"] for h in json.load(open(tmp_path / "straight" / "train_history.json"))] == list(range(4, 33, 4))
     assert [h["epoch"] for h in json.load(open(tmp_path / "straight" / "val_history.json"))] == [1, 2]
-    from ms_vit import checkpoint
+    from ms_vit.weights import checkpoint
     assert checkpoint.read(str(tmp_path / "straight" / "vit-2_16.ckpt"))[1]["global_step"] == 32
     process = start_train(prime_sample, tmp_path / "run", *one)
     out, err = signal_at(process, "epoch 2/2 step 4/16", signal.SIGTERM)
@@ -125,7 +126,8 @@ def test_float16_steps_that_keep_overflowing_stop_the_run(imagenet_sample, tmp_p
     (look 5: sinks of 5; the host looks at step 35); those weights are not saved."""
     import mindspore as ms
 
-    from ms_vit import checkpoint, create_model
+    from ms_vit import create_model
+    from ms_vit.weights import checkpoint
     ms.set_context(mode=ms.GRAPH_MODE)
     net = create_model("vit_ti_16_224", num_classes=19, image_size=32, patch_size=8, embed_dim=48, depth=2,
                        num_heads=3, mlp_dim=96, fused_kernels=False)
@@ -245,8 +247,8 @@ def test_flash_attention_arguments_follow_its_documented_formula():
     documented formula, the attention it computes equals the unfused attention."""
     import mindspore as ms
 
-    from ms_vit.layers import FlashAttention
-    from ms_vit.vit import Attention
+    from ms_vit.models.layers import FlashAttention
+    from ms_vit.models.vit import Attention
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
         ms.set_seed(0)
@@ -271,7 +273,8 @@ def test_flash_attention_arguments_follow_its_documented_formula():
 
 def test_device_kernels_refused_where_there_is_no_flash_attention(imagenet_sample, tmp_path):
     """Off Ascend, and on the Ascend SoCs MindSpore 2.10 knows without FlashAttention (910A, 310P, 310B)."""
-    from ms_vit import create_model, layers
+    from ms_vit import create_model
+    from ms_vit.models import layers
     for soc in ("ascend910b", "ascend910_93", "ascend950"):                     # Atlas A2, A3 and later
         layers.check_device_kernels("Ascend", soc)
     refused = [("Ascend", "ascend910", "Ascend (ascend910)"), ("Ascend", "ascend310p", "Ascend (ascend310p)"),
@@ -295,7 +298,7 @@ def test_recompute_gives_the_same_gradients(drop_path_rate):
     from mindspore import nn
 
     from ms_vit import create_model
-    from ms_vit.loss import LabelSmoothingCrossEntropy
+    from ms_vit.training.loss import LabelSmoothingCrossEntropy
     ms.set_context(mode=ms.GRAPH_MODE)
     x = ms.Tensor(np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32))
     y = ms.Tensor(np.array([0, 1, 2, 3], np.int32))
@@ -321,7 +324,7 @@ def test_stochastic_depth_drops_at_its_rate_in_every_dtype(dtype):
     bfloat16 draw, ``keep_prob + U[0, 1)`` rounded to 8 bits, dropped 0.58 % instead of 0.91 %)."""
     import mindspore as ms
 
-    from ms_vit.vit import DropPath
+    from ms_vit.models.vit import DropPath
     ms.set_context(mode=ms.GRAPH_MODE)
     n, p = 1_000_000, 0.1 / 11
     drop_path = DropPath(p)

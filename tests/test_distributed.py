@@ -13,7 +13,7 @@ FIXED = ["--lr", "1e-2", "--warmup_epochs", "0", "--drop_path_rate", "0", "--no_
 
 
 def checkpoint_params(path):
-    from ms_vit import checkpoint
+    from ms_vit.weights import checkpoint
     return checkpoint.read(path)[0]
 
 
@@ -70,7 +70,7 @@ EVAL_LOSS_ERROR = 14 * gamma(192) + gamma(20)            # relative: 3.2e-4
 def assert_same_training(single, dist, start):
     """Two runs' checkpoints hold the same weights and Adam moments (to the float32 bounds above), and every weight
     moved."""
-    from ms_vit.checkpoint import network_params
+    from ms_vit.weights.checkpoint import network_params
     weights = network_params(single)
     assert set(weights) == set(network_params(dist)) and len(weights) == 32
     assert min(np.abs(single[k] - start[k]).mean() for k in weights) > 5e-4          # every tensor moved
@@ -84,7 +84,7 @@ def assert_same_training(single, dist, start):
 
 
 def test_two_workers_take_the_steps_of_one_process_with_the_global_batch(runs):
-    from ms_vit.checkpoint import network_params
+    from ms_vit.weights.checkpoint import network_params
     single = checkpoint_params(str(runs["tmp"] / "single" / "vit-2_2.ckpt"))
     dist = checkpoint_params(str(runs["tmp"] / "dist" / "vit-2_2.ckpt"))
     start = network_params(checkpoint_params(str(runs["tmp"] / "single" / "vit-1_2.ckpt")))
@@ -114,7 +114,7 @@ def test_one_writer(runs):
 def weight_effect(path_a, path_b) -> float:
     """sum over weights of sqrt(v_hat) |delta w|: the first-order change of the loss between two checkpoints' weights,
     the training gradient's RMS per element (Adam's bias-corrected second moment) standing for the gradient."""
-    from ms_vit.checkpoint import network_params
+    from ms_vit.weights.checkpoint import network_params
     a, b = checkpoint_params(str(path_a)), checkpoint_params(str(path_b))
     steps = int(np.asarray(a["global_step"]).reshape(-1)[0]) if "global_step" in a else STEPS
     correction = 1 - 0.999 ** max(steps, 1)
@@ -204,7 +204,7 @@ def test_accumulation_reduces_once_and_equals_the_global_batch(sixteen, tmp_path
                       "--ckpt_save_dir", str(tmp_path / "dist")], str(tmp_path / "logs"))
     assert dist.returncode == 0, dist.stdout[-3000:] + dist.stderr[-3000:]
     assert "4 steps of 2 workers x 2 = global batch 4 per epoch" in worker_log(str(tmp_path / "logs"), 0)
-    from ms_vit.checkpoint import network_params
+    from ms_vit.weights.checkpoint import network_params
     start = network_params(checkpoint_params(str(tmp_path / "single" / "vit-1_2.ckpt")))
     assert_same_training(checkpoint_params(str(tmp_path / "single" / "vit-2_2.ckpt")),
                          checkpoint_params(str(tmp_path / "dist" / "vit-2_4.ckpt")), start)

@@ -334,7 +334,7 @@ COMMANDS = {
         NotHere("same job as README.md's `MS_VIT_TRUST_ON_FIRST_USE=1 python train.py --config "
                 "configs/vit_b_16_224_finetune_tutorial.yaml`, which runs (the recipe holds this dataset, weight set "
                 "and lr); a second B/16 fine-tuning costs ~1 min here"),
-    "python -m ms_vit.convert model.safetensors --out my.ckpt":
+    "python -m ms_vit.weights.convert model.safetensors --out my.ckpt":
         Runs(files=("my.ckpt",), output=("wrote my.ckpt: ViT(dim 128, depth 2",)),
     WEIGHTS_UNIT:
         Runs(refused=('"deit_tiny_patch16_224.fb_in1k"', pinned_refusal("deit_tiny_patch16_224.fb_in1k")),
@@ -429,8 +429,8 @@ def workspace(tmp_path_factory, imagenet_sample, timm_reference):
     kernels and the dataset wheels copied in: nothing compiled or fetched again), the publishers' hosts on
     127.0.0.1, and the environment pointing at both. Removed afterwards (B/16 checkpoints: ~2 GB)."""
     from dataset_tools.download import TUTORIAL_URL
-    from ms_vit import weights
     from ms_vit.files import cache_root
+    from ms_vit.weights import registry
     timm = require_timm(timm_reference)
     folder = tmp_path_factory.mktemp("workspace")
     for name in LINKED:
@@ -451,7 +451,7 @@ def workspace(tmp_path_factory, imagenet_sample, timm_reference):
               "deit3_base_patch16_224.fb_in1k": timm / "deit3.safetensors",
               "deit_tiny_patch16_224.fb_in1k": timm / "vit.safetensors"}
     for name, path in served.items():
-        server.publish(weights.find(name).url, path)
+        server.publish(registry.find(name).url, path)
     shutil.copy(timm / "vit.safetensors", folder / "model.safetensors")
     shutil.copy(timm / "vit_pytorch_model.bin", folder / "pytorch_model.bin")
     imagenet_archives(imagenet_sample, folder)
@@ -463,7 +463,7 @@ def workspace(tmp_path_factory, imagenet_sample, timm_reference):
         env.pop(variable, None)
     image = f"{DATASET}/infer/{wnid}/ILSVRC2012_test_00000001.JPEG"          # the tutorial's first image to infer
     yield dict(folder=folder, env=env, server=server.url, sha256={name: sha256(path) for name, path in served.items()},
-                published={name: weights.find(name).sha256 for name in served},
+                published={name: registry.find(name).sha256 for name in served},
                 image=image)
     server.httpd.shutdown()
     for made_here in (folder, cache.parent, made):

@@ -16,7 +16,8 @@ def evaluated(tmp_path_factory):
     import mindspore as ms
 
     from dataset_tools.demo import build_mnist
-    from ms_vit import checkpoint, create_model, data
+    from ms_vit import create_model, data
+    from ms_vit.weights import checkpoint
     tmp = tmp_path_factory.mktemp("report")
     root = str(tmp / "mnist")
     build_mnist(root)

@@ -20,7 +20,8 @@ np.save(sys.argv[3], net(ms.Tensor(np.load(sys.argv[2]))).asnumpy())
 @pytest.fixture(scope="module")
 def trained_ckpt(tmp_path_factory):
     """A tiny ViT with non-trivial weights (random head too) saved as train.py saves, with class names."""
-    from ms_vit import checkpoint, create_model
+    from ms_vit import create_model
+    from ms_vit.weights import checkpoint
     net = create_model("vit_ti_16_224", num_classes=5, image_size=32, patch_size=8, embed_dim=48, depth=2,
                        num_heads=3, mlp_dim=96)
     rng = np.random.default_rng(0)
@@ -99,7 +100,8 @@ def test_onnx_graph_of_every_model_option(options, tmp_path):
     pooling, MindSpore's numerics: the ONNX graph computes what the ViT does."""
     import onnxruntime
 
-    from ms_vit import create_model, onnx_export
+    from ms_vit import create_model
+    from ms_vit.deploy import onnx_export
     net = create_model("vit_ti_16_224", num_classes=7, image_size=32, patch_size=8, embed_dim=64, depth=2,
                        num_heads=2, mlp_dim=128, fused_kernels=False, **options)
     rng = np.random.default_rng(2)
@@ -156,7 +158,8 @@ def test_infer_refuses_a_mindir_that_loads_code(trained_ckpt, imagenet_sample, t
     import glob
     import shutil
 
-    from ms_vit import create_model, mindir
+    from ms_vit import create_model
+    from ms_vit.deploy import mindir
     run = run_script("export.py", "--ckpt_path", trained_ckpt, "--output", str(tmp_path / "plain"))
     assert run.returncode == 0, run.stderr[-3000:]
     mindir.check_no_code(str(tmp_path / "plain.mindir"))

@@ -47,12 +47,12 @@ def signal_at(process, line_start: str, sig) -> str:
 
 
 def read(path):
-    from ms_vit import checkpoint
+    from ms_vit.weights import checkpoint
     return checkpoint.read(str(path))
 
 
 def weights(path):
-    from ms_vit.checkpoint import network_params
+    from ms_vit.weights.checkpoint import network_params
     return network_params(read(path)[0])
 
 
@@ -212,7 +212,7 @@ def test_damaged_checkpoint_is_one_error_line_everywhere(imagenet_sample, tmp_pa
                 ("eval.py", "--data_dir", imagenet_sample, "--ckpt_path", str(bad)),
                 ("infer.py", "--ckpt_path", str(bad), image),
                 ("export.py", "--ckpt_path", str(bad), "--file_format", "MINDIR"),
-                ("-m", "ms_vit.convert", str(bad), "--out", str(tmp_path / "converted.ckpt"))]
+                ("-m", "ms_vit.weights.convert", str(bad), "--out", str(tmp_path / "converted.ckpt"))]
 
     cases = [(args, (f"cannot read checkpoint {bad}: the file is truncated or corrupted",))
              for bad in (cut, flipped) for args in scripts(bad)]
@@ -233,7 +233,7 @@ def test_damaged_checkpoint_is_one_error_line_everywhere(imagenet_sample, tmp_pa
     source = tmp_path / "model.safetensors"
     save_file({"cls_token": np.zeros((1, 1, 48), np.float32)}, str(source))
     source.write_bytes(source.read_bytes()[:-20])
-    assert_clean_error(run_script("-m", "ms_vit.convert", str(source), "--out", str(tmp_path / "x.ckpt")),
+    assert_clean_error(run_script("-m", "ms_vit.weights.convert", str(source), "--out", str(tmp_path / "x.ckpt")),
                        f"cannot read {source}")
 
 
@@ -341,7 +341,8 @@ def test_truncated_and_bomb_images_are_named_before_any_work(imagenet_sample, tm
                        f"{bomb}: 9500x9500 = 90,250,000 pixels, over the decompression-bomb limit of 89,478,485")
     assert "training " not in result.stdout
     ckpt = tmp_path / "model.ckpt"
-    from ms_vit import checkpoint, create_model
+    from ms_vit import create_model
+    from ms_vit.weights import checkpoint
     checkpoint.save(create_model("vit_ti_16_224", num_classes=19, image_size=32, patch_size=8, embed_dim=48, depth=2,
                                  num_heads=3, mlp_dim=96), str(ckpt))
     for image, reason in ((victim, "truncated"), (bomb, "decompression-bomb limit")):
@@ -352,7 +353,7 @@ def test_truncated_and_bomb_images_are_named_before_any_work(imagenet_sample, tm
 
 
 def test_check_image_accepts_bytes_after_the_end_marker(imagenet_sample, tmp_path):
-    from ms_vit.image_files import check_image
+    from ms_vit.data.image_files import check_image
     photo = sorted(glob.glob(os.path.join(imagenet_sample, "val", "*", "*")))[0]
     padded = tmp_path / "padded.jpg"
     padded.write_bytes(open(photo, "rb").read() + b"\0" * 100)       # cameras and editors pad files so
@@ -368,7 +369,7 @@ def test_run_folders_of_another_user_and_planted_links_are_refused(imagenet_samp
     refused before any work; a planted symbolic link at the lock's fixed name is not followed; a write leaves no
     file at a fixed temporary name (each is created new)."""
     from ms_vit import files
-    from ms_vit.run_folder import RunFolder, RunFolderError
+    from ms_vit.training.run_folder import RunFolder, RunFolderError
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     os.chown(foreign, 65534, 65534)                                  # nobody (the tests run as root)

@@ -11,7 +11,8 @@ from helpers import run_script
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    from ms_vit import checkpoint, create_model
+    from ms_vit import create_model
+    from ms_vit.weights import checkpoint
     path = str(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
     net = create_model("vit_ti_16_224", num_classes=1000, image_size=32, patch_size=8, embed_dim=48, depth=2,
                        num_heads=3, mlp_dim=96)
@@ -60,7 +61,7 @@ def test_infer_modes_and_batches_agree_and_the_cache_is_keyed_by_shape(tiny_ckpt
 
 def test_graph_key_changes_with_everything_the_graph_depends_on():
     from ms_vit import create_model
-    from ms_vit.compile_cache import graph_key
+    from ms_vit.deploy.compile_cache import graph_key
     small = dict(num_classes=10, image_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, mlp_dim=96)
     net = create_model("vit_ti_16_224", **small)
     key = graph_key(net, (2, 3, 32, 32))
@@ -75,7 +76,7 @@ def test_evaluate_pads_the_last_batch_and_counts_only_real_images(imagenet_sampl
     import mindspore as ms
 
     from ms_vit import create_model, data
-    from ms_vit.evaluate import evaluate
+    from ms_vit.evaluation.evaluate import evaluate
     ms.set_context(mode=ms.GRAPH_MODE)
     net = create_model("vit_ti_16_224", num_classes=19, image_size=32, patch_size=8, embed_dim=48, depth=2,
                        num_heads=3, mlp_dim=96)
@@ -99,8 +100,9 @@ def test_checkpoint_fills_the_model_without_random_initialisation(tiny_ckpt):
     result equals loading the checkpoint into a randomly initialised model."""
     import mindspore as ms
 
-    from ms_vit import checkpoint, create_model
-    from ms_vit.vit import ViT, ViTConfig
+    from ms_vit import create_model
+    from ms_vit.models.vit import ViT, ViTConfig
+    from ms_vit.weights import checkpoint
     params, meta = checkpoint.read(tiny_ckpt)
     reference = ViT(ViTConfig.from_dict(meta["config"]))
     checkpoint.load_into(reference, params)

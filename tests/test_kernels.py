@@ -1,4 +1,5 @@
-"""ms_vit.kernels: each fused CPU kernel equals what it replaces, forward and backward; so does the whole model."""
+"""ms_vit.models.kernels: each fused CPU kernel equals what it replaces, forward and backward; so does the whole
+model."""
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from bounds import (
 from conftest import ROOT
 from scipy.special import erf
 
-from ms_vit.kernels import gelu_erf_op
+from ms_vit.models.kernels import gelu_erf_op
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ MODEL_SCRIPT = """
 import sys, numpy as np, mindspore as ms
 sys.path.insert(0, %r)
 from ms_vit import create_model
-from ms_vit.loss import LabelSmoothingCrossEntropy
+from ms_vit.training.loss import LabelSmoothingCrossEntropy
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_seed(0)
 net = create_model("vit_ti_16_224", image_size=32, patch_size=8, depth=2, num_classes=10,
@@ -159,8 +160,8 @@ def layer_norm_bounds(x, g, b, dy, eps):
 def test_layer_norm_kernel_matches_mindspore(mode):
     from mindspore import nn
 
-    from ms_vit.kernels import layer_norm_op
-    from ms_vit.layers import LayerNorm
+    from ms_vit.models.kernels import layer_norm_op
+    from ms_vit.models.layers import LayerNorm
     op = layer_norm_op()
     assert op is not None
     rng = np.random.default_rng(0)
@@ -198,7 +199,7 @@ def apply_and_grad(cell, x, weights):
 
 
 def test_softmax_kernel_matches_mindspore(mode):
-    from ms_vit.kernels import softmax_op
+    from ms_vit.models.kernels import softmax_op
     rng = np.random.default_rng(0)
     x = ms.Tensor((rng.standard_normal((2, 3, 17, 197)) * 4).astype(np.float32))
     weights = ms.Tensor(rng.standard_normal((2, 3, 17, 197)).astype(np.float32))
@@ -221,7 +222,7 @@ def test_softmax_kernel_matches_mindspore(mode):
 
 
 def test_dense_kernels(mode):
-    from ms_vit.kernels import add_bias_op, sum_rows_op, transpose_op
+    from ms_vit.models.kernels import add_bias_op, sum_rows_op, transpose_op
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 37, 96)).astype(np.float32)
     bias = rng.standard_normal(96).astype(np.float32)
@@ -237,7 +238,7 @@ def test_linear_gradients_match_dense(mode):
     """kernels.Linear (both weight-gradient orders) gives nn.Dense's output and gradients."""
     from mindspore import nn
 
-    from ms_vit.kernels import linear
+    from ms_vit.models.kernels import linear
     rng = np.random.default_rng(0)
     for out_features, in_features in ((48, 16), (16, 48)):           # dy^T x, and (x^T dy)^T
         dense = nn.Dense(in_features, out_features)
@@ -264,7 +265,7 @@ def test_linear_gradients_match_dense(mode):
 
 
 def test_head_kernels_match_transposes(mode):
-    from ms_vit.kernels import split_heads_op, swap_middle_axes_op
+    from ms_vit.models.kernels import split_heads_op, swap_middle_axes_op
     b, n, h, d = 2, 11, 3, 8
     rng = np.random.default_rng(0)
     qkv = rng.standard_normal((b, n, 3, h, d)).astype(np.float32)
@@ -292,7 +293,7 @@ def test_head_kernels_match_transposes(mode):
 
 
 def test_patchify_kernel_matches_reshape(mode):
-    from ms_vit.kernels import patchify_op
+    from ms_vit.models.kernels import patchify_op
     b, c, s, p = 2, 3, 24, 8
     g = s // p
     rng = np.random.default_rng(0)
@@ -342,7 +343,7 @@ def test_one_switch_for_the_kernels(tmp_path):
     """create_model(fused_kernels=...): False builds on MindSpore's operators only, True insists (a clear error
     where the kernels cannot be built), None uses them when it can."""
     from ms_vit import create_model
-    from ms_vit.layers import GELU, LayerNorm, Linear, MergeHeads, Patchify, Softmax, SplitHeads
+    from ms_vit.models.layers import GELU, LayerNorm, Linear, MergeHeads, Patchify, Softmax, SplitHeads
     blocks = (GELU, LayerNorm, Linear, MergeHeads, Patchify, Softmax, SplitHeads)
     off = create_model("vit_ti_16_224", image_size=32, patch_size=8, depth=1, num_classes=3, fused_kernels=False)
     on = create_model("vit_ti_16_224", image_size=32, patch_size=8, depth=1, num_classes=3)

@@ -1,9 +1,9 @@
-"""ms_vit.optim.AdamW: torch.optim.AdamW's algorithm (bias correction, decoupled decay), step by step."""
+"""ms_vit.training.optim.AdamW: torch.optim.AdamW's algorithm (bias correction, decoupled decay), step by step."""
 import numpy as np
 from bounds import U, assert_within
 from mindspore import Parameter, Tensor, nn
 
-from ms_vit.optim import AdamW
+from ms_vit.training.optim import AdamW
 
 
 def torch_adamw(params, grads, state, lr, wd, beta1=0.9, beta2=0.999, eps=1e-8):

@@ -16,11 +16,12 @@ from conftest import ROOT
 
 PROBE = """
 import numpy as np, mindspore as ms, ms_vit
-from ms_vit import create_model, weights
+from ms_vit import create_model
+from ms_vit.weights import registry
 net = create_model("vit_ti_16_224", num_classes=3, image_size=32, patch_size=8, depth=1)
 net.set_train(False)
 print(net(ms.Tensor(np.zeros((2, 3, 32, 32), np.float32))).shape, net.fused_kernels, ms_vit.__file__,
-      len(weights.registry()))
+      len(registry.registry()))
 """
 
 

@@ -36,7 +36,7 @@ def test_deit_recipe_trains_two_real_steps(recipe, imagenet_sample, tmp_path):
     saved = yaml.safe_load(open(tmp_path / "config.yaml"))
     assert saved["auto_augment"] == "rand-m9-mstd0.5-inc1" and saved["mixup"] == 0.8 and saved["aug_repeats"] == 3
     assert saved["image_size"] == 32 and saved["epoch_size"] == 1           # the command line won
-    from ms_vit import checkpoint
+    from ms_vit.weights import checkpoint
     params, meta = checkpoint.read(str(tmp_path / "best.ckpt"))
     assert meta["train_config"]["ema_decay"] == 0.99996 and any(k.startswith("ema.") for k in params)
     eval_ema = run_script("eval.py", "--data_dir", imagenet_sample, "--ckpt_path", str(tmp_path / "best.ckpt"),
@@ -72,7 +72,7 @@ def test_help_lists_every_option():
 def test_ema_is_resumed_not_restarted(imagenet_sample, tmp_path):
     """With a decay of 1 - 1e-6 the average stays at the first weights; a resumed run that restarted it from the
     trained weights would move it by the whole first epoch's training."""
-    from ms_vit import checkpoint
+    from ms_vit.weights import checkpoint
     common = ["--data_dir", imagenet_sample, "--batch_size", "8", "--lr", "1e-2", "--warmup_epochs", "0",
               "--ema_decay", "0.999999", "--ckpt_save_dir", str(tmp_path), *TINY_ARGS]
     first = run_script("train.py", *common, "--epoch_size", "1")

@@ -1,4 +1,4 @@
-"""ms_vit.train_step and the optimisation options, against their definitions, in graph mode."""
+"""ms_vit.training.train_step and the optimisation options, against their definitions, in graph mode."""
 import mindspore as ms
 import numpy as np
 import pytest
@@ -6,9 +6,9 @@ from bounds import U, assert_within, exp_error, gamma, gradient_relative_bound
 from mindspore import nn
 
 from ms_vit import create_model
-from ms_vit.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from ms_vit.optim import AdamW, layer_decay_scales
-from ms_vit.train_step import ModelEMA, TrainStep
+from ms_vit.training.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from ms_vit.training.optim import AdamW, layer_decay_scales
+from ms_vit.training.train_step import ModelEMA, TrainStep
 
 TINY = dict(num_classes=5, image_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, mlp_dim=96)
 

@@ -9,7 +9,7 @@ from helpers import run_script
 from PIL import Image
 
 from ms_vit import create_model
-from ms_vit.visualize import as_grid, attention_rollout, attention_weights
+from ms_vit.pictures.visualize import as_grid, attention_rollout, attention_weights
 
 
 def numpy_attention(net, x):
@@ -81,7 +81,7 @@ def test_attention_weights_and_rollout_match_numpy():
 
 
 def test_infer_writes_attention_maps_and_topk_chart(imagenet_sample, tmp_path):
-    from ms_vit import checkpoint
+    from ms_vit.weights import checkpoint
     net = create_model("vit_ti_16_224", num_classes=19, image_size=32, patch_size=8, embed_dim=48, depth=2,
                        num_heads=3, mlp_dim=96)
     ckpt = str(tmp_path / "tiny.ckpt")

@@ -1,4 +1,4 @@
-"""Unit tests of ms_vit.vit: variants, shapes, layout, training step, pooling, stochastic depth, AMP."""
+"""Unit tests of ms_vit.models.vit: variants, shapes, layout, training step, pooling, stochastic depth, AMP."""
 import mindspore as ms
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from mindspore import nn
 from mindspore.nn.utils import no_init_parameters
 
 from ms_vit import ViT, count_params, create_model, list_models, variant_config
-from ms_vit.loss import LabelSmoothingCrossEntropy
+from ms_vit.training.loss import LabelSmoothingCrossEntropy
 
 PAPER_PARAMS = {  # at 1000 classes and 224 px, as timm counts them
     "vit_ti_16_224": 5_717_416, "vit_s_16_224": 22_050_664, "vit_b_16_224": 86_567_656,
@@ -133,7 +133,7 @@ def test_blocks_compiled_once_only_without_random_ops():
     """Blocks without dropout and stochastic depth share one compiled block (ReusedBlock, same numbers: see the
     test above); with either, every block is its own (a reused block would share its random state)."""
     from ms_vit.factory import INFERENCE
-    from ms_vit.vit import Block, ReusedBlock
+    from ms_vit.models.vit import Block, ReusedBlock
     assert {type(block) for block in tiny().transformer.layers} == {ReusedBlock}
     for rate in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
         assert {type(block) for block in tiny(**{rate: 0.1}).transformer.layers} == {Block}, rate
@@ -155,7 +155,7 @@ def test_drop_path_keeps_expectation():
 def test_gelu_numerics_option(approximate):
     from scipy.special import erf
 
-    from ms_vit.layers import GELU
+    from ms_vit.models.layers import GELU
     x = np.linspace(-6, 6, 101, dtype=np.float32)
     exact = 0.5 * x.astype(np.float64) * (1 + erf(x.astype(np.float64) / np.sqrt(2)))
     got = GELU(approximate)(ms.Tensor(x)).asnumpy()
@@ -166,7 +166,7 @@ def test_gelu_numerics_option(approximate):
 
 
 def test_amp_o2_keeps_layernorm_float32():
-    from ms_vit.layers import LayerNorm
+    from ms_vit.models.layers import LayerNorm
     net = tiny(fused_kernels=False)            # AMP casts operator inputs to float16: the fused kernels take float32
     net.dense.weight.set_data(ms.Tensor(np.random.default_rng(1).standard_normal((10, 192)).astype(np.float32)))
     net.set_train(False)

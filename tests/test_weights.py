@@ -1,4 +1,5 @@
-"""Pretrained weights by name (ms_vit.weights) in every layout ms_vit.convert knows, offline: a 127.0.0.1 HTTP server
+"""Pretrained weights by name (ms_vit.weights) in every layout ms_vit.weights.convert knows, offline: a 127.0.0.1 HTTP
+server
 serves small weights made here in each publisher's format, at the publishers' own paths; the mirrors' environment
 variables point the hosts at it, and MS_VIT_WEIGHTS_TABLE adds rows for these small weights (the real rows' files are
 hundreds of MB and, where a sha256 is published, cannot be made here).
@@ -308,7 +309,8 @@ NUMERICS = {"mindvision_flat": (True, 1e-7), "mindvision": (True, 1e-7), "mindcv
 def test_each_layout_downloads_verifies_and_gives_the_reference_logits(published, offline_env, name):
     import mindspore as ms
 
-    from ms_vit import create_model, weights
+    from ms_vit import create_model
+    from ms_vit.weights import registry
     ms.set_context(mode=ms.GRAPH_MODE)
     net = create_model(name, pretrained=True)
     net.set_train(False)
@@ -317,7 +319,7 @@ def test_each_layout_downloads_verifies_and_gives_the_reference_logits(published
     assert_within(got, published["expected"][name], bound, "logits vs float64")
     assert_beyond(got, published["other_gelu"][name], bound, "the other GELU's logits")  # the numerics matter
     assert (net.config.gelu_approximate, net.config.layer_norm_eps) == NUMERICS[name.split(".")[1]]
-    entry = weights.find(name)
+    entry = registry.find(name)
     assert os.path.isfile(entry.path) and open(entry.path + ".sha256").read().strip() == sha256(entry.path)
     assert not [p for p in os.listdir(os.path.dirname(entry.path)) if p.startswith(".download")]
 
@@ -341,9 +343,10 @@ def test_timm_layouts_give_timms_logits(published, offline_env, timm_reference, 
 
 
 def test_second_use_reads_the_cache_not_the_server(published, offline_env):
-    from ms_vit import create_model, weights
+    from ms_vit import create_model
+    from ms_vit.weights import registry
     name = "vit_test_32.mindcv"
-    path = "/" + weights.find(name).url.split("/", 3)[3]
+    path = "/" + registry.find(name).url.split("/", 3)[3]
     before = published["server"].hits.get(path, 0)
     create_model(name, pretrained=True)
     after_first = published["server"].hits.get(path, 0)
@@ -361,8 +364,8 @@ def fetch(*names, env):
 
 
 def test_a_cut_download_is_named_and_removed(published, offline_env):
-    from ms_vit import weights
-    entry = weights.find("vit_test_32.mindcv_v0_2")
+    from ms_vit.weights import registry
+    entry = registry.find("vit_test_32.mindcv_v0_2")
     path = "/" + entry.url.split("/", 3)[3]
     published["server"].cut.add(path)
     try:
@@ -375,8 +378,8 @@ def test_a_cut_download_is_named_and_removed(published, offline_env):
 
 def test_a_wrong_checksum_is_named_and_nothing_is_cached(published, offline_env):
     """The real model zoo row publishes its sha256; a file that is not that one is refused."""
-    from ms_vit import weights
-    real = weights.find("vit_b_32_224.model_zoo")
+    from ms_vit.weights import registry
+    real = registry.find("vit_b_32_224.model_zoo")
     published["server"].publish(real.url, published["folder"] / "zoo.ckpt")
     result = fetch(real.name, env=offline_env)
     assert_clean_error(result, "is damaged or not the published file: sha256 ", f"published {real.sha256}",
@@ -388,8 +391,8 @@ def test_a_hostile_mirror_cannot_crash_the_download_check(published, offline_env
     """The 7 mindvision rows publish no sha256: the download check reads the file. A mirror serving a crafted
     checkpoint (a bfloat16 entry, then Float32 dims [1] holding 1 MiB: heap corruption, rc 134, when such a file went
     to MindSpore's loader) is refused in one line, and nothing is cached."""
-    from ms_vit import weights
-    entry = weights.find("vit_l_32_224.mindvision")
+    from ms_vit.weights import registry
+    entry = registry.find("vit_l_32_224.mindvision")
     assert not entry.sha256 and not entry.hash_prefix
     crafted = published["folder"] / "crafted.ckpt"
     crafted.write_bytes(crafted_ckpt.value("scale", [2], "BFloat16", bytes(4)) +
@@ -406,8 +409,8 @@ def test_a_hostile_mirror_cannot_crash_the_download_check(published, offline_env
 
 
 def test_404_and_offline_say_where_to_put_the_file(published, offline_env):
-    from ms_vit import weights
-    entry = weights.find("vit_b_16_224.mindvision")
+    from ms_vit.weights import registry
+    entry = registry.find("vit_b_16_224.mindvision")
     offline_env = dict(offline_env, MS_VIT_TRUST_ON_FIRST_USE="1")                  # its row has no sha256
     result = fetch(entry.name, env=offline_env)
     assert_clean_error(result, f"cannot download vit_b_16_224.mindvision from {published['server'].url}"
@@ -424,17 +427,17 @@ def test_a_row_without_sha256_is_refused_unless_pinned_or_trusted_on_first_use(p
     """Refused before anything is downloaded (the file name's 8 hex digits are not enough); pinned by the user with
     NAME@sha256:<hex> (a wrong pin refuses the file); trusted on first use when asked, the sha256 printed; once
     recorded, later uses need neither."""
-    from ms_vit import weights
+    from ms_vit.weights import registry
     name, right = "vit_test_32.unpinned", sha256(published["folder"] / "mindcv.ckpt")
-    entry = weights.find(name)
+    entry = registry.find(name)
     path = "/" + entry.url.split("/", 3)[3]
     before = published["server"].hits.get(path, 0)
     refused = fetch(name, env=offline_env)
     assert_clean_error(refused, f"{name} has no published sha256", f"{name}@sha256:<64 hex digits>",
                        "MS_VIT_TRUST_ON_FIRST_USE=1")
     assert published["server"].hits.get(path, 0) == before and cache_is_empty(offline_env)
-    with pytest.raises(weights.WeightsError, match="has no published sha256"):
-        weights.fetch(entry)
+    with pytest.raises(registry.WeightsError, match="has no published sha256"):
+        registry.fetch(entry)
     wrong = "0" * 64
     assert_clean_error(fetch(f"{name}@sha256:{wrong}", env=offline_env), f"sha256 {right}, published {wrong}")
     assert cache_is_empty(offline_env)
@@ -449,13 +452,13 @@ def test_a_row_without_sha256_is_refused_unless_pinned_or_trusted_on_first_use(p
 
 
 def test_trust_on_first_use_prints_the_sha256_it_records(published, offline_env):
-    from ms_vit import weights
+    from ms_vit.weights import registry
     name, right = "vit_test_32.unpinned", sha256(published["folder"] / "mindcv.ckpt")
     result = fetch(name, env=dict(offline_env, MS_VIT_TRUST_ON_FIRST_USE="1"))
     assert result.returncode == 0, result.stderr
     assert f"{name}: trusted on first use" in result.stderr and f"sha256 {right}" in result.stderr
     assert f"{name}@sha256:{right}" in result.stderr
-    assert open(weights.find(name).path + ".sha256").read().strip() == right
+    assert open(registry.find(name).path + ".sha256").read().strip() == right
 
 
 def test_scripts_refuse_an_unpinned_name(published, offline_env, imagenet_sample):
@@ -490,11 +493,12 @@ def test_the_command_line_without_a_name_and_into_a_closed_pipe(published, offli
 def test_a_file_placed_by_hand_is_verified_then_used(published, offline_env, tmp_path):
     import shutil
 
-    from ms_vit import create_model, weights
-    entry = weights.find("vit_test_32.model_zoo")
+    from ms_vit import create_model
+    from ms_vit.weights import registry
+    entry = registry.find("vit_test_32.model_zoo")
     os.makedirs(os.path.dirname(entry.path))
     shutil.copy(published["folder"] / "mindcv.ckpt", entry.path)                  # the wrong file
-    with pytest.raises(weights.WeightsError, match="is not vit_test_32.model_zoo: sha256"):
+    with pytest.raises(registry.WeightsError, match="is not vit_test_32.model_zoo: sha256"):
         create_model(entry.name, pretrained=True)
     shutil.copy(published["folder"] / "zoo.ckpt", entry.path)                     # the right one
     path = "/" + entry.url.split("/", 3)[3]
@@ -510,8 +514,9 @@ def test_a_file_placed_by_hand_is_verified_then_used(published, offline_env, tmp
 
 
 def test_unknown_names_are_refused_with_the_close_ones(published, offline_env, imagenet_sample, tmp_path):
-    from ms_vit import create_model, weights
-    with pytest.raises(weights.WeightsError, match="close: vit_base_patch16_224.augreg_in1k"):
+    from ms_vit import create_model
+    from ms_vit.weights import registry
+    with pytest.raises(registry.WeightsError, match="close: vit_base_patch16_224.augreg_in1k"):
         create_model("vit_base_patch16_224.augreg_in1", pretrained=True)
     result = run_script("train.py", "--data_dir", imagenet_sample, "--pretrained", "vit_b_16_224.mindvison",
                         "--ckpt_save_dir", str(tmp_path / "out"), env=offline_env)
@@ -524,7 +529,7 @@ def test_scripts_by_name(published, offline_env, imagenet_sample, tmp_path):
     tutorial's recipe names its checkpoint."""
     import yaml
 
-    from ms_vit import weights
+    from ms_vit.weights import registry
     image = os.path.join(imagenet_sample, "val", sorted(os.listdir(os.path.join(imagenet_sample, "val")))[0])
     image = os.path.join(image, os.listdir(image)[0])
     result = run_script("infer.py", "--pretrained", "vit_test_32.mindvision", image, "--output_dir",
@@ -541,23 +546,23 @@ def test_scripts_by_name(published, offline_env, imagenet_sample, tmp_path):
     assert {"vit_test_32.mindvision", "vit_test_32.torchvision"} <= cached
     assert "vit_b_16_224.mindvision" not in cached and len(listing) > 78
     recipe = yaml.safe_load(open(os.path.join(ROOT, "configs", "vit_b_16_224_finetune_tutorial.yaml")))
-    assert weights.find(recipe["pretrained"]).url == "https://download.mindspore.cn/vision/classification/" \
+    assert registry.find(recipe["pretrained"]).url == "https://download.mindspore.cn/vision/classification/" \
                                                      "vit_b_16_224.ckpt"
 
 
 def test_convert_detects_each_layout_and_records_its_numerics(published, tmp_path):
-    from ms_vit import checkpoint
+    from ms_vit.weights import checkpoint
     for file, layout, gelu, eps in (("mindvision.ckpt", "mindvision", True, 1e-7),
                                     ("zoo.ckpt", "model_zoo", True, 1e-7), ("jax.npz", "jax", True, 1e-6),
                                     ("tv.pth", "torchvision", False, 1e-6)):
         out = tmp_path / f"{layout}.ckpt"
-        result = run_script("-m", "ms_vit.convert", str(published["folder"] / file), "--out", str(out))
+        result = run_script("-m", "ms_vit.weights.convert", str(published["folder"] / file), "--out", str(out))
         assert result.returncode == 0, result.stderr[-2000:]
         _, meta = checkpoint.read(str(out))
         assert meta["layout"] == layout and meta["config"]["gelu_approximate"] is gelu
         assert meta["config"]["layer_norm_eps"] == eps
     assert "entries that are not model weights (optimizer and training state) set aside" in \
-        run_script("-m", "ms_vit.convert", str(published["folder"] / "zoo.ckpt"), "--out",
+        run_script("-m", "ms_vit.weights.convert", str(published["folder"] / "zoo.ckpt"), "--out",
                    str(tmp_path / "again.ckpt")).stderr
 
 

@@ -14,11 +14,11 @@ import mindspore.dataset as ds
 import numpy as np
 from mindspore.dataset import vision
 
+from ..models.vit import ViTConfig
+from ..timing import Ticker
 from . import augment as augment_module
 from .image_files import check_image
 from .manifest import ScanManifest, folder_digest
-from .progress import Ticker
-from .vit import ViTConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
@@ -48,7 +48,7 @@ def scan_split(split_dir: str, classes: Optional[List[str]] = None, say: Optiona
 
     Bad images stop the run here, all of them named, rather than one of them an epoch later inside the pipeline:
     nothing has been trained yet, and the user decides (remove, re-download) instead of a silently smaller
-    dataset. The check is remembered (``ms_vit.manifest``): a class folder whose files have not changed since they
+    dataset. The check is remembered (``ms_vit.data.manifest``): a class folder whose files have not changed since they
     passed is not read again, so a second run lists and stats the files only (ImageNet's 1.28 M: seconds). ``say``
     hears, every ``every`` seconds while images are read, how far the check is, and how it ended."""
     found = list_classes(split_dir)

@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Dict, List, Optional
 
-from .files import CacheError, cache_root, check_private, private_cache, write_atomically
+from ..files import CacheError, cache_root, check_private, private_cache, write_atomically
 
 logger = logging.getLogger("ms_vit")
 

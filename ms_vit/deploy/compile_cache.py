@@ -21,10 +21,10 @@ import os
 
 import mindspore as ms
 
-from .files import CacheError, check_private_tree, private_cache
+from ..files import CacheError, check_private_tree, private_cache
 
 logger = logging.getLogger("ms_vit")
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))    # ms_vit/, every subpackage
 
 
 def _sources_digest() -> str:

@@ -9,7 +9,8 @@ size into every ``Reshape``. onnxruntime ran that file at 0.64x the speed of tim
 norm, the exact GELU as ``x * 0.5 * (1 + Erf(x / sqrt 2))`` (fused by onnxruntime into one ``Gelu`` kernel, with the
 bias), ``MatMul`` + ``Add`` for every Dense, and a symbolic batch dimension: one file serves any batch size.
 
-The graph computes what ``ms_vit.vit.ViT`` computes in evaluation (checked: ``tests/test_export.py``, logits within
+The graph computes what ``ms_vit.models.vit.ViT`` computes in evaluation (checked: ``tests/test_export.py``, logits
+within
 1e-4 at batch 1, 3 and 8), with the variant's numerics (tanh or exact GELU, LayerNorm eps) and DeiT's options
 (distillation token and head, LayerScale, position embedding without the class slot), mean or token pooling. One
 thing it leaves out: with token pooling, the head reads the class (and distillation) token only, so in the last

@@ -6,8 +6,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import ops
 
-from .data import pad_batch
-from .progress import Ticker, format_duration
+from ..data import pad_batch
+from ..timing import Ticker, format_duration
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -21,14 +21,14 @@ def evaluate(net, dataset, across_ranks: bool = False, say: Optional[Callable[[s
     """Run ``net`` in eval mode over ``dataset`` (batches of images, labels); every image counts, the last
     partial batch too. Returns ``{"top1", "top5"}`` (fractions), ``"loss"`` (mean cross-entropy, no label
     smoothing), ``"num_images"`` and ``"confusion"`` (K x K image counts, true class by row, top-1 prediction by
-    column; numpy, for ``ms_vit.report``).
+    column; numpy, for ``ms_vit.evaluation.report``).
 
     ``say`` hears, every ``every`` seconds, how far it is: ``evaluated 12,800 of 50,000 images (25.3 img/s, ETA
     0:31:05)`` (``total``: the image count, for the ETA; under ``across_ranks``, this rank's share).
 
     A last batch smaller than the first is padded with zeros to the first's size and the padding's outputs
     dropped: in graph mode one compiled graph serves every batch (a second shape costs a second compilation,
-    seconds for B/16), and the compile cache (``ms_vit.compile_cache``) finds it by that one shape.
+    seconds for B/16), and the compile cache (``ms_vit.deploy.compile_cache``) finds it by that one shape.
 
     With ``across_ranks`` (data-parallel training), each rank evaluates its shard and the counts, loss sums and
     confusion matrices of all ranks are added up (AllReduce), so every rank returns the figures of the whole

@@ -56,7 +56,7 @@ def text(metrics: dict, worst: List[dict], pairs: List[dict]) -> str:
 
 def plot_confusion(confusion: np.ndarray, names: Sequence[str], path: str) -> None:
     """The row-normalised confusion matrix as a picture (for up to ~100 classes)."""
-    from .plots import _save, plt
+    from ..pictures.plots import _save, plt
     rows = confusion.sum(axis=1, keepdims=True)
     shares = confusion / np.maximum(rows, 1)
     size = max(6.0, 0.18 * len(names) + 2)

@@ -22,7 +22,8 @@ O2 black list has no softmax, so the attention weights were computed in float16.
 dtypes of every operator in the training graph MindSpore compiles for the device, at every level. (On CPU,
 MindSpore's backend then runs some float16 operators on float32 kernels.)
 
-float16 trains with dynamic loss scaling (skipped steps on overflow; ``ms_vit.guard`` stops a run whose steps keep
+float16 trains with dynamic loss scaling (skipped steps on overflow; ``ms_vit.training.guard`` stops a run whose steps
+keep
 overflowing); bfloat16 has float32's range and trains without. MindSpore trains in bfloat16 on Ascend 910B and later
 (Atlas A2/A3, 950) only: elsewhere it is refused with one line (the CPU has no bfloat16 matrix product).
 """
@@ -32,7 +33,8 @@ import mindspore as ms
 from mindspore import nn
 from mindspore.train import DynamicLossScaleManager
 
-from . import device, layers
+from .. import device
+from . import layers
 
 LEVELS = ("O0", "O1", "O2", "O3")
 DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}

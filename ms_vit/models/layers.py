@@ -4,7 +4,7 @@ as the model's math.
 Each block computes the same function with the same parameters in up to three ways (``kernels``):
 
 * ``OPS``, MindSpore's operators: every device, and what exports (MINDIR, ONNX) are built from;
-* ``CPU_FUSED``, on CPU, the fused kernels of ``ms_vit.kernels`` (AOT custom ops compiled with g++; see there for
+* ``CPU_FUSED``, on CPU, the fused kernels of ``ms_vit.models.kernels`` (AOT custom ops compiled with g++; see there for
   what each replaces and why): faster and lighter, same numbers (``tests/test_kernels.py``);
 * ``DEVICE``, on Ascend 910B and later (Atlas A2/A3), the device's fused operators: FlashAttention
   (``ops.flash_attention_score``, float16/bfloat16 inputs: AMP O1-O3) for the attention and MindSpore's ``GeluExt``
@@ -25,7 +25,8 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops.auto_generate import GeluExt
 
-from . import device, kernels
+from .. import device
+from . import kernels
 
 OPS, CPU_FUSED, DEVICE = "ops", "cpu_fused", "device"
 
@@ -91,7 +92,7 @@ class Linear(nn.Cell):
 
 
 class BatchMatMul(nn.Cell):
-    """``ops.BatchMatMul`` as a cell, so that the AMP levels (``ms_vit.amp``) can choose its precision as a Dense
+    """``ops.BatchMatMul`` as a cell, so that the AMP levels (``ms_vit.models.amp``) can choose its precision as a Dense
     layer's. ``a (..., N, K) @ b (..., K, M)`` (``transpose_b``: ``b (..., M, K)``)."""
 
     def __init__(self, transpose_b: bool = False):

@@ -64,7 +64,7 @@ INCEPTION_STD = (0.5, 0.5, 0.5)
 class ViTConfig:
     """Everything needed to rebuild a ViT and to feed it: architecture, numerics, preprocessing.
 
-    It travels inside every checkpoint ms_vit writes (see ``ms_vit.checkpoint``).
+    It travels inside every checkpoint ms_vit writes (see ``ms_vit.weights.checkpoint``).
     """
     image_size: int = 224
     patch_size: int = 16
@@ -189,7 +189,7 @@ class Attention(nn.Cell):
         num_heads: number of heads H; head dim d = D / H, scores scaled by d ** -0.5.
         attn_drop: dropout on the attention weights.
         proj_drop: dropout after the output projection.
-        kernels: what the layers run on (``ms_vit.layers``): MindSpore's operators, the fused CPU kernels, or the
+        kernels: what the layers run on (``ms_vit.models.layers``): MindSpore's operators, the fused CPU kernels, or the
             device's (FlashAttention on Ascend, for float16/bfloat16 inputs without attention dropout).
 
     Inputs: x (B, N, D). Outputs: (B, N, D).
@@ -236,7 +236,7 @@ class FeedForward(nn.Cell):
         hidden_dim: hidden dim M.
         dropout: dropout after the activation and after the second Dense.
         gelu_approximate: tanh-approximated GELU instead of the exact (erf) one.
-        kernels: what the layers run on (``ms_vit.layers``).
+        kernels: what the layers run on (``ms_vit.models.layers``).
 
     Inputs: x (B, N, D). Outputs: (B, N, D).
     """
@@ -361,7 +361,7 @@ class TransformerEncoder(nn.Cell):
         drop_path_rate: stochastic depth of the last block; block i uses ``rate * i / (depth - 1)``.
         layer_norm_eps: LayerNorm epsilon.
         gelu_approximate: tanh GELU instead of exact.
-        kernels: what the layers run on (``ms_vit.layers``).
+        kernels: what the layers run on (``ms_vit.models.layers``).
         layer_scale_init: LayerScale on each residual branch, initialised to this (DeiT III); None: none.
 
     Inputs: x (B, N, D). Outputs: (B, N, D).
@@ -397,7 +397,8 @@ class PatchEmbedding(nn.Cell):
         embed_dim: D.
         in_channels: C.
         as_matmul: compute as a matrix product; default: on CPU only.
-        fused_kernels: cut patches and project them with ``ms_vit.layers``' fused CPU kernels (implies as_matmul).
+        fused_kernels: cut patches and project them with ``ms_vit.models.layers``' fused CPU kernels (implies
+            as_matmul).
 
     Inputs: x (B, C, S, S). Outputs: (B, N, D), patches in row-major grid order.
     """
@@ -428,7 +429,7 @@ class ViT(nn.Cell):
 
     Args:
         config: a ``ViTConfig`` (``create_model`` builds one from a variant name).
-        fused_kernels: run on the fused CPU kernels (``ms_vit.layers.choose_kernels``): default on CPU when
+        fused_kernels: run on the fused CPU kernels (``ms_vit.models.layers.choose_kernels``): default on CPU when
             they can be built here; ``False`` for MindSpore's operators only (exports).
         device_kernels: run on the device's fused operators (Ascend: FlashAttention, one-operator GELU); refused
             elsewhere. Not run on hardware here (README, "Ascend and GPU").

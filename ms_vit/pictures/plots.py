@@ -8,7 +8,7 @@ from PIL import Image
 matplotlib.use("Agg")                       # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .files import write_atomically  # noqa: E402
+from ..files import write_atomically  # noqa: E402
 
 
 def _save(figure, path: str) -> None:

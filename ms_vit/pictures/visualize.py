@@ -8,7 +8,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from .vit import ViT
+from ..models.vit import ViT
 
 
 class AttentionWeights(nn.Cell):

@@ -3,7 +3,7 @@
 * ``train_history.json``: ``{"step", "epoch", "loss", "lr"}`` at every progress line (the loss averaged since the
   previous line, over every rank);
 * ``val_history.json``: ``{"epoch", "step", "top1", "top5", "loss", "num_images"}`` after every epoch;
-* ``curves.png``: both drawn (``ms_vit.plots.plot_curves``), redrawn after every epoch.
+* ``curves.png``: both drawn (``ms_vit.pictures.plots.plot_curves``), redrawn after every epoch.
 
 The records are written first (``save_records``), then the picture (``draw``): drawing (matplotlib's import alone
 takes seconds on a cold start) never delays a record. Files are replaced atomically: an interrupted run leaves the
@@ -13,7 +13,7 @@ import json
 import os
 from typing import List, Optional
 
-from .files import write_atomically
+from ..files import write_atomically
 
 TRAIN_FILE, VAL_FILE, CURVES_FILE = "train_history.json", "val_history.json", "curves.png"
 
@@ -91,7 +91,7 @@ class RunHistory:
 
     def draw(self) -> None:
         """``curves.png``."""
-        from .plots import plot_curves
+        from ..pictures.plots import plot_curves
         plot_curves(self.train, self.val, os.path.join(self.folder, CURVES_FILE))
 
     def save(self) -> None:

@@ -42,7 +42,7 @@ class AdamW(nn.AdamWeightDecay):
 
     Args:
         params: parameters, or groups ``[{"params": [...], "weight_decay": wd}, ...]`` (no per-group lr).
-        learning_rate: float, or per-step list/Tensor (``ms_vit.lr.cosine_lr``).
+        learning_rate: float, or per-step list/Tensor (``ms_vit.training.lr.cosine_lr``).
         beta1, beta2, eps: as torch (defaults 0.9, 0.999, 1e-8).
         weight_decay: decoupled weight decay (per group if groups give one).
         lr_scales: a factor on the learning rate per parameter name (layer-wise decay: ``layer_decay_scales``);

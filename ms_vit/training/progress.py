@@ -2,31 +2,8 @@
 import time
 from typing import Optional, Sequence
 
+from ..timing import format_duration
 from .guard import Look
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-class Ticker:
-    """When a long loop says how far it is (the image check, an evaluation, ImageNet's preparation): ``due()`` is
-    True once every ``seconds``; ``elapsed()`` counts from the start."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.start = self.last = time.time()
-
-    def due(self) -> bool:
-        now = time.time()
-        if now - self.last < self.seconds:
-            return False
-        self.last = now
-        return True
-
-    def elapsed(self) -> float:
-        return time.time() - self.start
 
 
 class Progress:
@@ -45,7 +22,7 @@ class Progress:
         steps_per_epoch: steps in one epoch (one step = one global batch).
         epochs: the run's last epoch.
         global_batch: images per step over all ranks.
-        learning_rates: the schedule per step (``ms_vit.lr``), indexed by the global step.
+        learning_rates: the schedule per step (``ms_vit.training.lr``), indexed by the global step.
         interval: steps between lines.
         writer: whether this process prints.
         history: a list to which each line is appended as ``{"step", "epoch", "loss", "lr"}`` (for the curves).

@@ -15,7 +15,8 @@ import os
 import re
 from typing import List, Optional, Tuple
 
-from . import checkpoint, files
+from .. import files
+from ..weights import checkpoint
 from .guard import RunStopped
 
 logger = logging.getLogger("ms_vit")

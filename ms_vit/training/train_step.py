@@ -12,7 +12,7 @@ data-parallel ranks, clipping by global norm, the optimizer, the EMA of the weig
 * ``ema``: after each optimizer step ``ema = decay * ema + (1 - decay) * weights`` (timm's ``ModelEmaV2``);
 * ``stats``: the run's statistics, updated on the device at every step (``STATS``): the loss sum, the steps, the
   steps skipped for overflow, the first non-finite loss, the overflowing steps in a row. The host reads them with
-  ``take_stats()`` only when it looks at the run (every sink on Ascend/GPU: ``ms_vit.guard``), so no step waits
+  ``take_stats()`` only when it looks at the run (every sink on Ascend/GPU: ``ms_vit.training.guard``), so no step waits
   for a read-back, and a dataset sink of N steps reports on all N, not only its last.
 
 Under loss scaling the overflow status is cleared before the backward pass (``start_overflow_check``: Ascend 910A
@@ -65,7 +65,8 @@ class ModelEMA(nn.Cell):
 
 
 # Under dynamic loss scaling the scale halves on every overflowing step, from 2 ** 16 to its floor of 1 in 16 steps:
-# steps that still overflow after twice that many in a row overflow at every scale (``ms_vit.guard`` stops the run).
+# steps that still overflow after twice that many in a row overflow at every scale (``ms_vit.training.guard`` stops
+# the run).
 MAX_OVERFLOWS_IN_A_ROW = 32
 # The run's statistics since the host last read them (``TrainStep.stats``), by index: the sum of the losses, the
 # steps, the steps skipped for overflow, the first step (1-based) with a non-finite loss and that loss. Two are not

@@ -2,7 +2,7 @@
 explanations instead of silent partial loads.
 
 An ms_vit checkpoint is a plain MindSpore ``.ckpt`` (``mindspore.save_checkpoint``) whose parameter
-names follow ``ms_vit.vit``; it carries one extra string entry, ``ms_vit_meta``: JSON with the
+names follow ``ms_vit.models.vit``; it carries one extra string entry, ``ms_vit_meta``: JSON with the
 ``ViTConfig`` (architecture, numerics, preprocessing), the class list and names, and training state.
 Checkpoints without it (the public ``vit_b_16_224.ckpt``) load as well, given a variant name.
 """
@@ -17,9 +17,9 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from ..files import write_atomically
+from ..models.vit import ARCHS, ViTConfig, config_name
 from . import ckpt_format
-from .files import write_atomically
-from .vit import ARCHS, ViTConfig, config_name
 
 logger = logging.getLogger("ms_vit")
 

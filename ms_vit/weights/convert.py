@@ -1,10 +1,10 @@
 """Pretrained ViT weights in every public layout, read into ms_vit's names with the numerics and preprocessing they
 were trained with.
 
-    python -m ms_vit.convert SRC --out CKPT [--layout auto] [--model NAME] [--preprocess auto]
+    python -m ms_vit.weights.convert SRC --out CKPT [--layout auto] [--model NAME] [--preprocess auto]
 
 ``LAYOUTS`` is the table of layouts: how a file of each is recognised (a key only it has), how its names map onto
-ms_vit's (``ms_vit.vit``), and the numerics and preprocessing of the networks that wrote it. MindSpore-trained
+ms_vit's (``ms_vit.models.vit``), and the numerics and preprocessing of the networks that wrote it. MindSpore-trained
 networks (MindSpore Vision and the tutorial, mindcv, the model zoo) compute with MindSpore's layer defaults: tanh
 GELU, LayerNorm eps 1e-7; timm, DeiT and torchvision with exact (erf) GELU and eps 1e-6; the JAX release with flax's
 defaults, tanh GELU and eps 1e-6.
@@ -28,9 +28,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..models.vit import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, ViT, variant_config
 from . import checkpoint
 from .checkpoint import CheckpointError
-from .vit import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, ViT, variant_config
 
 logger = logging.getLogger("ms_vit")
 
@@ -240,7 +240,7 @@ class Layout:
 
 # In the order they are tried: the first whose marker some key matches.
 LAYOUTS = [
-    Layout("ms_vit", "ms_vit (train.py, ms_vit.convert): a checkpoint with ms_vit's metadata", r"ms_vit_meta",
+    Layout("ms_vit", "ms_vit (train.py, ms_vit.weights.convert): a checkpoint with ms_vit's metadata", r"ms_vit_meta",
            _identity, None, None),
     Layout("model_zoo", "the MindSpore model zoo (official/cv/VIT)", r"stem\.patch_to_embedding\.dense\.weight",
            from_model_zoo, "mindspore", "mindspore"),
@@ -415,7 +415,7 @@ _WEIGHT_FIELDS = ("gelu_approximate", "layer_norm_eps", "mean", "std", "crop_pct
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m ms_vit.convert",
+        prog="python -m ms_vit.weights.convert",
         description="Convert pretrained ViT weights in any public layout into an ms_vit checkpoint that records its "
                     "variant, numerics and preprocessing. Layouts: " +
                     "; ".join(f"{layout.name}: {layout.writers}" for layout in LAYOUTS))

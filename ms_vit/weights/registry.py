@@ -42,11 +42,11 @@ import sys
 import tempfile
 from typing import Dict, List, Optional
 
+from ..downloads import HOSTS, DownloadError, download, mirrored
+from ..files import CacheError, cache_root, check_private, private_cache, write_atomically
+from ..models.vit import VARIANTS
 from . import convert
 from .checkpoint import CheckpointError, config_from_shapes
-from .downloads import HOSTS, DownloadError, download, mirrored
-from .files import CacheError, cache_root, check_private, private_cache, write_atomically
-from .vit import VARIANTS
 
 TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights.tsv")
 EXTRA_TABLES = "MS_VIT_WEIGHTS_TABLE"

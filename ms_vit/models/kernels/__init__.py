@@ -21,7 +21,7 @@ is compiled again. A cache that is not the user's is not used: one warning namin
 MindSpore's operators (a planted library is never loaded, and the run's numbers are the same). If no compiler is
 available or the compilation fails, the ``*_op()`` factories and ``linear()`` return ``None`` and the model keeps
 MindSpore's own operators: slower, same numbers. ``MS_VIT_FUSED_KERNELS=0`` turns the kernels off for the process;
-``create_model(fused_kernels=False)`` for one model (``ms_vit.layers`` makes the choice per block).
+``create_model(fused_kernels=False)`` for one model (``ms_vit.models.layers`` makes the choice per block).
 ``MS_VIT_KERNELS_MARCH`` (tests only; default ``native``) compiles them for another ``-march``, e.g. ``x86-64-v3``
 (AVX2, as AMD Zen 3) on an AVX-512 machine: the tests' tolerances must hold for every CPU (docs/testing.md).
 """
@@ -37,7 +37,7 @@ import tempfile
 import mindspore as ms
 from mindspore import nn, ops
 
-from ..files import CacheError, cache_root, check_private, private_cache, write_atomically
+from ...files import CacheError, cache_root, check_private, private_cache, write_atomically
 
 logger = logging.getLogger("ms_vit")
 _HERE = os.path.dirname(os.path.abspath(__file__))

@@ -1,4 +1,4 @@
-// Bias addition, the bias gradient and a 2-D transpose for MindSpore CPU, as AOT custom-op kernels (ms_vit.kernels).
+// Bias addition, the bias gradient and a 2-D transpose for MindSpore CPU, as AOT custom-op kernels (ms_vit.models.kernels).
 //
 // MindSpore's CPU BiasAddGrad sums a (rows, C) gradient at ~0.5 GB/s (44 ms for the (6304, 768) MLP gradient of
 // ViT-Ti/16 at batch 32; 13.6 % of its training step). Here each thread sums a block of rows into its own

@@ -1,4 +1,4 @@
-// Exact (erf) GELU and its gradient for MindSpore CPU, as AOT custom-op kernels (ms_vit.kernels).
+// Exact (erf) GELU and its gradient for MindSpore CPU, as AOT custom-op kernels (ms_vit.models.kernels).
 //
 // erf(z) follows Abramowitz & Stegun 7.1.26 (max abs error 1.5e-7), as PyTorch's vectorised CPU erf does;
 // the loops vectorise (exp inlined: ms_vit::exp_approx in common.h) and large tensors are split over threads.

@@ -1,4 +1,4 @@
-// Attention head layout changes for MindSpore CPU, as AOT custom-op kernels (ms_vit.kernels).
+// Attention head layout changes for MindSpore CPU, as AOT custom-op kernels (ms_vit.models.kernels).
 //
 // MindSpore's CPU Transpose precomputes, for every transpose in the graph, a table of one 8-byte source index
 // per element (built when the graph compiles, kept for the life of the graph) and gathers through it. A ViT

@@ -1,4 +1,4 @@
-// LayerNorm over the last axis and its gradient for MindSpore CPU, as AOT custom-op kernels (ms_vit.kernels).
+// LayerNorm over the last axis and its gradient for MindSpore CPU, as AOT custom-op kernels (ms_vit.models.kernels).
 //
 // MindSpore's CPU LayerNormGrad took 17 ms per call at ViT-B/16 batch-8 shapes (6.5 % of a training step),
 // its LayerNorm 4 ms. Rows are independent: each thread normalises a block of rows in float32 with

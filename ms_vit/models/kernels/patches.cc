@@ -1,4 +1,4 @@
-// Image <-> patch rows for the patch embedding on MindSpore CPU, as AOT custom-op kernels (ms_vit.kernels).
+// Image <-> patch rows for the patch embedding on MindSpore CPU, as AOT custom-op kernels (ms_vit.models.kernels).
 //
 // The patch embedding runs on CPU as patches x weight matrix (MindSpore's CPU Conv2d with a stride-P P x P
 // kernel runs at under 1 GFLOP/s). Cutting the image into patch rows is a 6-D transpose, which MindSpore's

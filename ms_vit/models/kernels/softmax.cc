@@ -1,4 +1,4 @@
-// Softmax over the last axis and its gradient for MindSpore CPU, as AOT custom-op kernels (ms_vit.kernels).
+// Softmax over the last axis and its gradient for MindSpore CPU, as AOT custom-op kernels (ms_vit.models.kernels).
 //
 // MindSpore's CPU graph expands the softmax gradient into Mul, ReduceSum, Sub, Mul over the (B, H, N, N)
 // attention weights: 11 % of a ViT-Ti/16 training step at batch 32, and broadcast index tables at run time.
