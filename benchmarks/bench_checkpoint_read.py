@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 
 PROBE = """
 import json, sys, time
-from ms_vit import checkpoint
+from ms_vit.weights import checkpoint
 def status(key):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))

@@ -20,7 +20,8 @@ os.environ["MS_DEV_SAVE_GRAPHS_PATH"] = out
 import numpy as np, mindspore as ms
 from mindspore import nn
 ms.set_device("CPU"); ms.set_context(mode=ms.GRAPH_MODE)
-from ms_vit import amp, create_model
+from ms_vit import create_model
+from ms_vit.models import amp
 from ms_vit.training.loss import LabelSmoothingCrossEntropy
 from ms_vit.training.train_step import TrainStep
 net = create_model("vit_ti_16_224", num_classes=5, image_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3,

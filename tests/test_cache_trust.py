@@ -96,14 +96,15 @@ RUN_MODEL = """
 import sys
 sys.path.insert(0, {root!r})
 import numpy as np, mindspore as ms
-from ms_vit import create_model, kernels
+from ms_vit import create_model
+from ms_vit.models import kernels
 net = create_model('vit_ti_16_224', image_size=32, patch_size=8, depth=1, num_classes=3)
 print(kernels.compiled_library(), net.fused_kernels, net(ms.Tensor(np.ones((1, 3, 32, 32), np.float32))).shape)
 """
 
 
 def library_path(env):
-    code = f"import sys; sys.path.insert(0, {ROOT!r}); from ms_vit import kernels; print(kernels.library_path())"
+    code = f"import sys; sys.path.insert(0, {ROOT!r}); from ms_vit.models import kernels; print(kernels.library_path())"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           check=True).stdout.strip()
 
@@ -168,7 +169,7 @@ def test_a_planted_kernel_library_is_never_loaded(cache, tmp_path, case, damage,
 def test_the_compiled_library_is_recorded_and_checked(cache):
     """A fresh build records its sha256 beside it, 0700 library in a 0700 folder."""
     env = dict(os.environ, MS_VIT_CACHE=str(cache))
-    code = f"import sys; sys.path.insert(0, {ROOT!r}); from ms_vit import kernels; print(kernels.compiled_library())"
+    code = f"import sys; sys.path.insert(0, {ROOT!r}); from ms_vit.models import kernels; print(kernels.compiled_library())"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     library = run.stdout.strip()
     assert os.path.isfile(library), run.stderr[-2000:]

@@ -326,7 +326,7 @@ def test_unwritable_cache_falls_back_to_mindspore_operators(tmp_path):
 def test_processes_starting_together_compile_the_kernels_once(tmp_path):
     """msrun's workers on a fresh machine: the first compiles, the others wait for it and load its library."""
     script = ("import logging, sys; sys.path.insert(0, %r); logging.basicConfig(level=logging.INFO);"
-              "from ms_vit import kernels; print(kernels.compiled_library())") % ROOT
+              "from ms_vit.models import kernels; print(kernels.compiled_library())") % ROOT
     env = dict(os.environ, MS_VIT_CACHE=str(tmp_path / "cache"))
     workers = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env) for _ in range(3)]
@@ -367,7 +367,7 @@ def test_loading_the_kernels_leaves_the_process_float_modes_alone():
     import sys
 
     from conftest import ROOT
-    code = ("import numpy as np, mindspore as ms; from ms_vit import create_model, kernels; "
+    code = ("import numpy as np, mindspore as ms; from ms_vit import create_model; from ms_vit.models import kernels; "
             "assert kernels.compiled_library(); "
             "net = create_model('vit_ti_16_224', image_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3, "
             "mlp_dim=96, fused_kernels=True); net.set_train(False); "
