@@ -169,7 +169,8 @@ def test_a_planted_kernel_library_is_never_loaded(cache, tmp_path, case, damage,
 def test_the_compiled_library_is_recorded_and_checked(cache):
     """A fresh build records its sha256 beside it, 0700 library in a 0700 folder."""
     env = dict(os.environ, MS_VIT_CACHE=str(cache))
-    code = f"import sys; sys.path.insert(0, {ROOT!r}); from ms_vit.models import kernels; print(kernels.compiled_library())"
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); from ms_vit.models import kernels; "
+            "print(kernels.compiled_library())")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     library = run.stdout.strip()
     assert os.path.isfile(library), run.stderr[-2000:]

@@ -39,8 +39,12 @@ def packages_without_ms_vit(folder):
 
 def test_wheel_installs_into_a_fresh_environment_and_runs_outside_the_checkout(tmp_path):
     source = tmp_path / "source"                    # a copy: building writes build/ and *.egg-info beside the code
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
-                                                                "outputs", "data", "dist"))
+    generated = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "dist")
+
+    def ignore(folder, names):               # the checkout's own data/ and outputs/, not ms_vit/data
+        top = {"outputs", "data"} & set(names) if os.path.samefile(folder, ROOT) else set()
+        return generated(folder, names) | top
+    shutil.copytree(ROOT, source, ignore=ignore)
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
                             str(tmp_path / "dist"), str(source)], capture_output=True, text=True)
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
