@@ -235,17 +235,19 @@ def test_dense_kernels(mode):
 
 
 def test_linear_gradients_match_dense(mode):
-    """kernels.Linear (both weight-gradient orders) gives nn.Dense's output and gradients."""
+    """kernels.Linear (both weight-gradient orders; forward on numpy's BLAS up to BLAS_ROWS rows, on MindSpore's
+    MatMul above) gives nn.Dense's output and gradients."""
     from mindspore import nn
 
-    from ms_vit.models.kernels import linear
+    from ms_vit.models.kernels import BLAS_ROWS, linear
     rng = np.random.default_rng(0)
-    for out_features, in_features in ((48, 16), (16, 48)):           # dy^T x, and (x^T dy)^T
+    cases = [(48, 16, 30), (16, 48, 30), (16, 48, BLAS_ROWS + 1)]   # dy^T x, (x^T dy)^T; BLAS, MatMul forward
+    for out_features, in_features, rows in cases:
         dense = nn.Dense(in_features, out_features)
         op = linear(out_features, in_features)
         assert op.weight_grad_transposed == (out_features < in_features)
-        x = ms.Tensor(rng.standard_normal((30, in_features)).astype(np.float32))
-        weights = ms.Tensor(rng.standard_normal((30, out_features)).astype(np.float32))
+        x = ms.Tensor(rng.standard_normal((rows, in_features)).astype(np.float32))
+        weights = ms.Tensor(rng.standard_normal((rows, out_features)).astype(np.float32))
 
         def ours(x, w, b):
             return (op(x, w, b) * weights).sum()
@@ -255,9 +257,9 @@ def test_linear_gradients_match_dense(mode):
 
         args = (x, dense.weight.value(), dense.bias.value())
         # each output a sum of K products (and the bias) in its own order: twice gamma(K + 1) of the sum of |terms|;
-        # dx = dy W (K = out), dW = dy^T x (K = 30 rows), db = the 30 rows of dy (dy = weights)
+        # dx = dy W (K = out), dW = dy^T x (K = rows), db = the rows of dy (dy = weights)
         xs, w, b, dy = (np.abs(t.asnumpy()).astype(np.float64) for t in (x, *args[1:], weights))
-        bounds = (2 * gamma(out_features) * dy @ w, 2 * gamma(31) * dy.T @ xs, 2 * gamma(30) * dy.sum(0))
+        bounds = (2 * gamma(out_features) * dy @ w, 2 * gamma(rows + 1) * dy.T @ xs, 2 * gamma(rows) * dy.sum(0))
         assert_within(op(*args).asnumpy(), dense(x).asnumpy(), 2 * gamma(in_features + 1) * (xs @ w.T + b), "y")
         for a, b, bound, name in zip(ms.grad(ours, grad_position=(0, 1, 2))(*args),
                                      ms.grad(theirs, grad_position=(0, 1, 2))(*args), bounds, ("dx", "dW", "db")):

@@ -12,6 +12,9 @@
   broadcasting ops: 11 % of a ViT-Ti/16 training step).
 * ``dense.cc``: bias addition with a fast bias gradient (MindSpore's CPU BiasAddGrad runs at ~0.5 GB/s: 13.6 %
   of a ViT-Ti/16 training step) and a 2-D transpose, for ``Linear``'s weight gradient.
+* ``gemm.cc``: ``Linear``'s forward product on up to ``BLAS_ROWS`` rows (inference) as one sgemm of the BLAS numpy
+  has loaded (OpenBLAS in numpy's wheels), the bias its starting value: on ViT-Ti/16's shapes at batch 1 it takes
+  15-25 % less time than MindSpore's CPU MatMul, and no operator for the bias.
 
 The library is compiled on first use into ``$MS_VIT_CACHE/kernels`` (default ``~/.cache/ms_vit/kernels``), its
 sha256 recorded beside it (``.so.sha256``). It is loaded (dlopen'ed by MindSpore: it runs as the user) only when the
@@ -19,9 +22,10 @@ folder, the library and the record are the user's own (``files.check_private``: 
 one else, no symbolic links) and the library's sha256 is the recorded one; a library that differs from its record
 is compiled again. A cache that is not the user's is not used: one warning naming the path, and the model runs on
 MindSpore's operators (a planted library is never loaded, and the run's numbers are the same). If no compiler is
-available or the compilation fails, the ``*_op()`` factories and ``linear()`` return ``None`` and the model keeps
-MindSpore's own operators: slower, same numbers. ``MS_VIT_FUSED_KERNELS=0`` turns the kernels off for the process;
-``create_model(fused_kernels=False)`` for one model (``ms_vit.models.layers`` makes the choice per block).
+available, numpy has no BLAS with a ``cblas_sgemm`` loaded, or the compilation fails, the ``*_op()`` factories and
+``linear()`` return ``None`` and the model keeps MindSpore's own operators: slower, same numbers.
+``MS_VIT_FUSED_KERNELS=0`` turns the kernels off for the process; ``create_model(fused_kernels=False)`` for one
+model (``ms_vit.models.layers`` makes the choice per block).
 ``MS_VIT_KERNELS_MARCH`` (tests only; default ``native``) compiles them for another ``-march``, e.g. ``x86-64-v3``
 (AVX2, as AMD Zen 3) on an AVX-512 machine: the tests' tolerances must hold for every CPU (docs/testing.md).
 """
@@ -42,7 +46,7 @@ from ...files import CacheError, cache_root, check_private, private_cache, write
 logger = logging.getLogger("ms_vit")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = [os.path.join(_HERE, name)
-            for name in ("gelu.cc", "layer_norm.cc", "heads.cc", "patches.cc", "softmax.cc", "dense.cc")]
+            for name in ("gelu.cc", "layer_norm.cc", "heads.cc", "patches.cc", "softmax.cc", "dense.cc", "gemm.cc")]
 _HEADERS = [os.path.join(_HERE, "common.h")]
 # -ffast-math's parts, not -ffast-math itself: given that flag, g++ links crtfastmath.o into the library, whose
 # constructor switches the whole process to flush subnormal numbers to zero (the CPU's FTZ/DAZ modes) as soon as the
@@ -51,6 +55,50 @@ _FAST_MATH = ["-fno-math-errno", "-fno-trapping-math", "-ffinite-math-only", "-f
               "-fassociative-math", "-freciprocal-math"]
 _FLAGS = ["-std=c++17", "-O3", f"-march={os.environ.get('MS_VIT_KERNELS_MARCH', 'native')}", *_FAST_MATH,
           "-fopenmp-simd", "-pthread", "-shared", "-fPIC"]
+
+
+# the sgemm of the BLAS numpy loaded, by name: (symbol, its integer type); OpenBLAS's 64-bit-integer builds (numpy's
+# wheels) suffix their names with 64_, scipy-openblas (numpy 2's wheels) prefixes them too; MKL and others: LP64
+_SGEMMS = [("cblas_sgemm64_", "int64_t"), ("scipy_cblas_sgemm64_", "int64_t"), ("cblas_sgemm", "int")]
+
+
+@functools.cache
+def loaded_blas():
+    """``(path, sgemm symbol, integer type)`` of the BLAS numpy has loaded into this process, or None. Only a library
+    already loaded is taken (nothing new is loaded); numpy's own (``numpy.libs``, or the one its extension links) is
+    preferred to others (scipy's), so that the choice, and the kernel library's cache key, does not depend on what
+    else the process imported."""
+    import ctypes
+
+    import numpy
+    try:
+        with open("/proc/self/maps") as f:
+            loaded = sorted({line.split()[-1] for line in f if ".so" in line and "/" in line})
+    except OSError:
+        return None
+    numpy_site = os.path.dirname(os.path.dirname(os.path.abspath(numpy.__file__)))
+    candidates = sorted((path for path in loaded if "blas" in os.path.basename(path).lower() or
+                         "mkl_rt" in os.path.basename(path)),
+                        key=lambda path: (not path.startswith(os.path.join(numpy_site, "numpy")), path))
+    for path in candidates:
+        try:
+            library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        except OSError:
+            continue
+        for symbol, int_type in _SGEMMS:
+            if hasattr(library, symbol):
+                return path, symbol, int_type
+    return None
+
+
+def _blas_flags():
+    """The compiler arguments that link gemm.cc to numpy's BLAS (as loaded: see ``loaded_blas``), or None."""
+    blas = loaded_blas()
+    if blas is None:
+        return None
+    path, symbol, int_type = blas
+    return [f"-DMS_VIT_SGEMM={symbol}", f"-DMS_VIT_BLAS_INT={int_type}", path,
+            f"-Wl,-rpath,{os.path.dirname(path)}"]
 
 
 def _cache_dir():
@@ -70,7 +118,8 @@ def library_path():
     """Where the library of these sources, flags and CPU is cached (its name is public: anyone can compute it,
     which is why its folder must be the user's own)."""
     source = b"".join(open(path, "rb").read() for path in _SOURCES + _HEADERS)
-    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode()).hexdigest()[:16]
+    flags = " ".join(_FLAGS + (_blas_flags() or []))
+    key = hashlib.sha256(source + flags.encode() + _cpu_signature().encode()).hexdigest()[:16]
     return os.path.join(_cache_dir(), f"ms_vit_kernels-{key}.so")
 
 
@@ -85,6 +134,10 @@ def compiled_library():
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         logger.info("ms_vit: no C++ compiler found; the model runs on MindSpore's (slower) CPU operators")
+        return None
+    if _blas_flags() is None:
+        logger.info("ms_vit: numpy has no BLAS loaded with a cblas_sgemm; the model runs on MindSpore's (slower) "
+                    "CPU operators")
         return None
     target = library_path()
     try:
@@ -135,7 +188,8 @@ def _compile(compiler, target):
     logger.info(f"ms_vit: compiling the fused CPU kernels into {target} (once)")
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
     os.close(fd)
-    result = subprocess.run([compiler, *_FLAGS, *_SOURCES, "-o", tmp], capture_output=True, text=True)
+    result = subprocess.run([compiler, *_FLAGS, *_SOURCES, *_blas_flags(), "-o", tmp], capture_output=True,
+                            text=True)
     if result.returncode != 0:
         os.remove(tmp)
         last = (result.stderr.strip().splitlines() or ["failed"])[-1]
@@ -252,12 +306,20 @@ def transpose_op():
     return _custom("Transpose2D", lambda x: (x[1], x[0]), _same)
 
 
+# Rows up to which Linear's forward product is numpy's BLAS's sgemm: ViT at inference (197 rows an image). On
+# larger products (training: 6,304 rows for ViT-Ti/16 at batch 32) MindSpore's MatMul measured 8 % faster, and
+# OpenBLAS's threads, spinning after each call, slowed the operators that follow (benchmarks/profile_ops.py).
+BLAS_ROWS = 2048
+
+
 class Linear(nn.Cell):
     """``x (R, I), weight (O, I), bias (O,) -> x weight^T + bias`` on CPU, with a gradient that picks the fast
     matrix products: MindSpore's CPU ``MatMul(transpose_a=True)`` runs at half speed when its output has fewer
     rows than columns (ViT-B/16's MLP output layer at batch 8: 67 ms for dy^T x, 41 ms for x^T dy), so the
     weight gradient of a layer with O < I is computed as (x^T dy)^T. The bias is added in float32 by
-    ``AddBias`` and its gradient summed by ``SumToLastAxis``. Create it with ``linear()``."""
+    ``AddBias`` and its gradient summed by ``SumToLastAxis``. Products on up to ``BLAS_ROWS`` rows run forward as
+    one sgemm of numpy's BLAS with the bias (``LinearForward``); the gradient is the same either way. Create it with
+    ``linear()``."""
 
     def __init__(self, out_features: int, in_features: int):
         super().__init__()
@@ -268,8 +330,11 @@ class Linear(nn.Cell):
         self.sum_rows = sum_rows_op()
         self.transpose = transpose_op()
         self.weight_grad_transposed = out_features < in_features
+        self.blas_forward = _custom("LinearForward", lambda x, weight, bias: (x[0], weight[0]), _same)
 
     def construct(self, x, weight, bias):
+        if x.shape[0] <= BLAS_ROWS and x.dtype == ms.float32:
+            return self.blas_forward(x, weight.astype(ms.float32), bias.astype(ms.float32))
         y = self.matmul(x, weight)
         return self.add_bias(y.astype(ms.float32), bias.astype(ms.float32)).astype(y.dtype)
 
