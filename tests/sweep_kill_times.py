@@ -80,12 +80,13 @@ def main():
         subprocess.run(command(args.data_dir, straight), cwd=ROOT, check=True, capture_output=True,
                        env=dict(os.environ, PYTHONPATH=ROOT))
         print(f"straight run: {time.time() - start:.1f} s")
-        first = os.path.basename(sorted(glob.glob(os.path.join(straight, "vit-*.ckpt")))[0]).replace("3_", "1_")
+        steps = re.search(r"_(\d+)\.ckpt$", glob.glob(os.path.join(straight, "vit-*.ckpt"))[0]).group(1)
+        first, second = f"vit-1_{steps}.ckpt", f"vit-2_{steps}.ckpt"          # the epochs' checkpoints
         delay, failures, runs = args.step, 0, 0
         while True:
             out = os.path.join(work, f"d{delay:.2f}")
             said = killed_after(args.data_dir, out, delay, first)
-            if os.path.exists(os.path.join(out, first.replace("1_", "2_"))):
+            if os.path.exists(os.path.join(out, second)):
                 break                                                      # past the next epoch's checkpoint
             resumed = subprocess.run(command(args.data_dir, out), cwd=ROOT, capture_output=True, text=True,
                                      env=dict(os.environ, PYTHONPATH=ROOT))
