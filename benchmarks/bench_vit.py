@@ -99,30 +99,8 @@ def run_mindspore(model, case, batch, repeats, amp_level="O0"):
 
 
 def run_timm(model, case, batch, repeats):
-    sys.path.insert(0, HERE)
-    import _torchvision_stub
-    _torchvision_stub.install()
-    import timm
-    import torch
-    net = timm.create_model(MODELS[model][1], num_classes=1000)
-    net.set_grad_checkpointing(case == "train_recompute")
-    images = torch.randn(batch, 3, 224, 224)
-    if case.startswith("train"):
-        labels = torch.randint(0, 1000, (batch,))
-        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.05)
-        net.train()
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(net(images), labels).backward()
-            optimizer.step()
-    else:
-        net.eval()
-
-        def step():
-            with torch.inference_mode():
-                net(images)
+    import _peers
+    step, _ = _peers.timm_step(MODELS[model][1], batch, case.startswith("train"), case == "train_recompute")
     return timed(step, warmup=1 if case.startswith("train") else 2, repeats=repeats)
 
 

@@ -98,28 +98,8 @@ def profile_ms_vit(model, batch, case, steps):
 
 def profile_timm(model, batch, case, steps):
     """``(wall seconds per step, {op: seconds per step})`` of timm's step, torch.profiler (self time of each op)."""
-    sys.path.insert(0, HERE)
-    import _torchvision_stub
-    _torchvision_stub.install()
-    import timm
-    import torch
-    net = timm.create_model(MODELS[model][1], num_classes=1000)
-    images, labels = torch.randn(batch, 3, 224, 224), torch.randint(0, 1000, (batch,))
-    if case == "train":
-        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.05)
-        net.train()
-
-        def run():
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(net(images), labels).backward()
-            optimizer.step()
-    else:
-        net.eval()
-
-        def run():
-            with torch.inference_mode():
-                net(images)
+    import _peers
+    run, torch = _peers.timm_step(MODELS[model][1], batch, case == "train")
     wall = seconds_per_step(run, steps)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         for _ in range(steps):
