@@ -28,7 +28,8 @@ MODELS = {"b16": ("vit_b_16_224", "vit_base_patch16_224"), "ti16": ("vit_ti_16_2
 # Operator type (ms_vit's MindSpore op types and custom kernels; timm's aten ops) -> the category it counts under
 CATEGORIES = {
     "MatMul": "GEMM", "BatchMatMul": "GEMM", "MatMulExt": "GEMM", "BatchMatMulExt": "GEMM", "Conv2D": "GEMM",
-    "Custom LinearForward": "GEMM",
+    "Custom LinearForward": "GEMM", "Custom LinearBackward": "GEMM", "Custom Attention": "attention",
+    "Custom AttentionBackward": "attention",
     "aten::addmm": "GEMM", "aten::mm": "GEMM", "aten::bmm": "GEMM", "aten::mkldnn_convolution": "GEMM",
     "aten::_scaled_dot_product_flash_attention_for_cpu": "attention", "SoftmaxLastAxis": "attention",
     "Softmax": "attention", "aten::_softmax": "attention",
@@ -39,11 +40,18 @@ def category(op: str) -> str:
     return CATEGORIES.get(op, "other operators")
 
 
-def custom_kernel(op_type: str, full_name: str, blas_forward: bool) -> str:
-    """An op's type, but ``Custom LinearForward`` for a Dense layer's forward product when it runs on the BLAS
-    (``blas_forward``: inference on up to ``kernels.BLAS_ROWS`` rows; above, that custom op adds the bias)."""
-    linear_forward = "/kernel-Linear/" in full_name and "Grad" not in full_name
-    return "Custom LinearForward" if op_type == "Custom" and linear_forward and blas_forward else op_type
+def custom_kernel(op_type: str, full_name: str) -> str:
+    """An op's type, but for ms_vit's custom kernels of a Dense layer (``Custom LinearForward`` / ``Backward``:
+    oneDNN's sgemm in ``kernels.Linear``, with the bias, a residual or the GELU) and of the attention's core
+    (``Custom Attention`` / ``Backward``: its products, softmax and head layouts), told apart by their cells' scopes."""
+    if op_type != "Custom":
+        return op_type
+    backward = "Backward" if "Grad" in full_name else ""
+    if "/kernel-Linear/" in full_name:
+        return "Custom LinearForward" if not backward else "Custom LinearBackward"
+    if "-Attention/Custom" in full_name:
+        return f"Custom Attention{backward}"
+    return op_type
 
 
 def seconds_per_step(run, steps):
@@ -63,7 +71,6 @@ def profile_ms_vit(model, batch, case, steps):
     from mindspore import nn
 
     from ms_vit import create_model
-    from ms_vit.models import kernels
     from ms_vit.training.loss import LabelSmoothingCrossEntropy
     from ms_vit.training.optim import AdamW
     from ms_vit.training.train_step import TrainStep
@@ -81,7 +88,6 @@ def profile_ms_vit(model, batch, case, steps):
         net.set_train(False)
         run = lambda: net(images).asnumpy()  # noqa: E731
     wall = seconds_per_step(run, steps)
-    blas_forward = case == "infer" and batch * 197 <= kernels.BLAS_ROWS          # 197 tokens an image at 224 px
     with tempfile.TemporaryDirectory(prefix="ms_vit_profile_") as out:      # the profiler's files, removed after
         profiler = ms.Profiler(output_path=out)
         for _ in range(steps):
@@ -91,7 +97,7 @@ def profile_ms_vit(model, batch, case, steps):
         table = glob.glob(os.path.join(framework, "cpu_op_detail_info_*.csv"))[0]
         ops = collections.Counter()
         for row in csv.DictReader(open(table)):
-            kind = custom_kernel(row["op_type"], row["full_op_name"], blas_forward)
+            kind = custom_kernel(row["op_type"], row["full_op_name"])
             ops[kind] += float(row["op_total_time(ms)"]) / 1e3 / steps
     return wall, ops
 

@@ -79,8 +79,8 @@ net = create_model("vit_ti_16_224", image_size=32, patch_size=8, depth=2, num_cl
                    fused_kernels=sys.argv[2] == "1")
 net.dense.weight.set_data(ms.Tensor(np.random.default_rng(1).standard_normal((10, 192)), ms.float32))
 block = net.transformer.layers[0]
-print(net.patch_embedding.patchify.fused, block[0].cell[0].fused, block[0].cell[1].softmax.fused,
-      block[0].cell[1].qkv.fused, block[1].cell[1].gelu.fused)
+print(net.patch_embedding.patchify.fused, block[0].cell[0].fused, block[0].cell[1].fused_core is not None,
+      block[1].branch_adds, block[1].cell[1].gelu is None)
 x = ms.Tensor(np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype(np.float32))
 y = ms.Tensor(np.array([1, 5, 7], np.int32))
 net.set_train(False)
@@ -221,49 +221,157 @@ def test_softmax_kernel_matches_mindspore(mode):
     assert_within(ours[1], theirs[1], 2 * d_dx, "softmax's gradient")
 
 
-def test_dense_kernels(mode):
-    from ms_vit.models.kernels import add_bias_op, sum_rows_op, transpose_op
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((5, 37, 96)).astype(np.float32)
-    bias = rng.standard_normal(96).astype(np.float32)
-    np.testing.assert_array_equal(Apply2(add_bias_op())(ms.Tensor(x), ms.Tensor(bias)).asnumpy(), x + bias)
-    rows = x.reshape(-1, 96)                            # a sum of 185 rows, the kernel's and numpy's orders
-    assert_within(Apply(sum_rows_op())(ms.Tensor(x)).asnumpy(), rows.sum(0),
-                  2 * gamma(185) * np.abs(rows).sum(0), "sum over rows")
-    matrix = rng.standard_normal((70, 45)).astype(np.float32)            # not a multiple of the 32 x 32 tiles
-    np.testing.assert_array_equal(Apply(transpose_op())(ms.Tensor(matrix)).asnumpy(), matrix.T)
-
-
-def test_linear_gradients_match_dense(mode):
-    """kernels.Linear (both weight-gradient orders; forward on numpy's BLAS up to BLAS_ROWS rows, on MindSpore's
-    MatMul above) gives nn.Dense's output and gradients."""
+def test_linear_kernels_match_dense(mode):
+    """kernels.Linear (oneDNN's sgemm; a residual added or the exact GELU applied in the same op; a convolution's
+    4-D weight read as (O, I)) gives nn.Dense's output and gradients, on few rows (one task) and on many (all the
+    pool's threads)."""
     from mindspore import nn
 
-    from ms_vit.models.kernels import BLAS_ROWS, linear
+    from ms_vit.models.kernels import linear
     rng = np.random.default_rng(0)
-    cases = [(48, 16, 30), (16, 48, 30), (16, 48, BLAS_ROWS + 1)]   # dy^T x, (x^T dy)^T; BLAS, MatMul forward
-    for out_features, in_features, rows in cases:
+    cases = [(48, 16, 30, None), (16, 48, 30, None), (16, 48, 1201, None), (40, 48, 301, "residual"),
+             (40, 48, 301, "gelu"), (24, 3 * 4 * 4, 77, "conv")]
+    for out_features, in_features, rows, kind in cases:
         dense = nn.Dense(in_features, out_features)
-        op = linear(out_features, in_features)
-        assert op.weight_grad_transposed == (out_features < in_features)
+        op = linear(gelu=kind == "gelu")
         x = ms.Tensor(rng.standard_normal((rows, in_features)).astype(np.float32))
+        r = ms.Tensor(rng.standard_normal((rows, out_features)).astype(np.float32))
         weights = ms.Tensor(rng.standard_normal((rows, out_features)).astype(np.float32))
+        weight = dense.weight.value()
+        if kind == "conv":
+            weight = ms.Tensor(weight.asnumpy().reshape(out_features, 3, 4, 4))
 
-        def ours(x, w, b):
-            return (op(x, w, b) * weights).sum()
+        def ours(x, w, b, r):
+            return (op(x, w, b, r if kind == "residual" else None) * weights).sum()
 
-        def theirs(x, w, b):
-            return (ms.ops.dense(x, w, b) * weights).sum()
+        def theirs(x, w, b, r):
+            y = ms.ops.dense(x, w.reshape(w.shape[0], -1), b)
+            y = y + r if kind == "residual" else y
+            return ((ms.ops.gelu(y, approximate="none") if kind == "gelu" else y) * weights).sum()
 
-        args = (x, dense.weight.value(), dense.bias.value())
-        # each output a sum of K products (and the bias) in its own order: twice gamma(K + 1) of the sum of |terms|;
-        # dx = dy W (K = out), dW = dy^T x (K = rows), db = the rows of dy (dy = weights)
-        xs, w, b, dy = (np.abs(t.asnumpy()).astype(np.float64) for t in (x, *args[1:], weights))
-        bounds = (2 * gamma(out_features) * dy @ w, 2 * gamma(rows + 1) * dy.T @ xs, 2 * gamma(rows) * dy.sum(0))
-        assert_within(op(*args).asnumpy(), dense(x).asnumpy(), 2 * gamma(in_features + 1) * (xs @ w.T + b), "y")
+        args = (x, weight, dense.bias.value(), r)
+        xs, w, b, rs, dy = (np.abs(t.asnumpy()).astype(np.float64) for t in (x, dense.weight.value(), *args[2:],
+                                                                              weights))
+        # y: each output a sum of I products, the bias (and the residual) in its own order: gamma(I + 2) of the sum
+        # of |terms|, twice (two implementations); the GELU: its float32 error (bounds.gelu_error, either) plus
+        # the slope (<= 1.13) times y's. dx = dy W (K = out), dW = dy^T x (K = rows), db = the rows of dy; through
+        # the GELU, dy times its slope first (the slope's error: bounds.erf_error-sized, 1e-5 relative at most).
+        d_y = 2 * gamma(in_features + 2) * (xs @ w.T + b + (rs if kind == "residual" else 0))
+        pre = x.asnumpy().astype(np.float64) @ dense.weight.asnumpy().astype(np.float64).T + b
+        if kind == "gelu":
+            d_y = 1.13 * d_y + 2 * gelu_error(pre)
+            dy = dy * 1.13 + dy * 1e-5
+        bounds = (2 * gamma(out_features) * dy @ w + 1e-5 * (kind == "gelu") * dy @ w,
+                  2 * gamma(rows + 1) * dy.T @ xs, 2 * gamma(rows) * dy.sum(0))
+        got = op(*args[:3], r if kind == "residual" else None).asnumpy()
+        want = ms.ops.dense(x, dense.weight.value(), dense.bias.value()).asnumpy()
+        want = want + r.asnumpy() if kind == "residual" else want
+        want = ms.ops.gelu(ms.Tensor(want), approximate="none").asnumpy() if kind == "gelu" else want
+        assert_within(got, want, d_y, f"y ({kind})")
         for a, b, bound, name in zip(ms.grad(ours, grad_position=(0, 1, 2))(*args),
                                      ms.grad(theirs, grad_position=(0, 1, 2))(*args), bounds, ("dx", "dW", "db")):
-            assert_within(a.asnumpy(), b.asnumpy(), bound, f"{name} ({out_features}, {in_features})")
+            a = a.asnumpy().reshape(b.shape)
+            assert_within(a, b.asnumpy(), bound.reshape(b.shape), f"{name} ({out_features}, {in_features}, {kind})")
+        if kind == "residual":
+            np.testing.assert_array_equal(ms.grad(ours, grad_position=3)(*args).asnumpy(), weights.asnumpy())
+
+
+def attention_bounds(qkv, dout):
+    """Worst-case float32 bounds of softmax(q k^T s) v per head (s = d^-0.5) and of its gradient dqkv, for one
+    implementation, from float64 values: S = s q k^T (gamma(d + 2) of s |q| |k|^T), the softmax (the perturbation
+    2 P max |dS| and its own roundings, as the softmax kernel's test), out = P v (gamma(N) |P| |v| + |dP| |v|);
+    backward dv = P^T dout, dP = dout v^T, dS = P (dP - rowsum(dP P)), dq = s dS k, dk = s dS^T q, each product's
+    gamma(K) of the |terms| plus the carried errors. Returns (out, d_out, dqkv, d_dqkv) in the kernel's layouts."""
+    b, n, _, h, d = qkv.shape
+    s = float(np.float32(d ** -0.5))
+    q, k, v = (np.moveaxis(qkv[:, :, i], 2, 1) for i in range(3))             # (B, H, N, d)
+    dy = np.moveaxis(dout, 2, 1)
+    scores = s * q @ np.swapaxes(k, -1, -2)
+    d_scores = gamma(d + 2) * s * np.abs(q) @ np.swapaxes(np.abs(k), -1, -2)
+    shifted = scores - scores.max(-1, keepdims=True)
+    e = np.exp(shifted)
+    p = e / e.sum(-1, keepdims=True)
+    own = p * (U * np.abs(shifted) + exp_error(shifted) + gamma(n) + 2 * U
+               + (e * exp_error(shifted)).sum(-1, keepdims=True) / e.sum(-1, keepdims=True))
+    d_p = own + 2 * p * d_scores.max(-1, keepdims=True)
+    out = p @ v
+    d_out = gamma(n) * p @ np.abs(v) + d_p @ np.abs(v)
+    dv = np.swapaxes(p, -1, -2) @ dy
+    d_dv = gamma(n) * np.swapaxes(p, -1, -2) @ np.abs(dy) + np.swapaxes(d_p, -1, -2) @ np.abs(dy)
+    dp = dy @ np.swapaxes(v, -1, -2)
+    d_dp = gamma(d) * np.abs(dy) @ np.swapaxes(np.abs(v), -1, -2)
+    row = (dp * p).sum(-1, keepdims=True)
+    d_row = gamma(n) * np.abs(dp * p).sum(-1, keepdims=True) + (d_dp * p + np.abs(dp) * d_p).sum(-1, keepdims=True)
+    ds = p * (dp - row)
+    d_ds = d_p * np.abs(dp - row) + p * (d_dp + d_row) + 3 * U * np.abs(ds)
+    dq = s * ds @ k
+    d_dq = s * (gamma(n + 1) * np.abs(ds) @ np.abs(k) + d_ds @ np.abs(k))
+    dk = s * np.swapaxes(ds, -1, -2) @ q
+    d_dk = s * (gamma(n + 1) * np.swapaxes(np.abs(ds), -1, -2) @ np.abs(q) + np.swapaxes(d_ds, -1, -2) @ np.abs(q))
+    heads = lambda t: np.moveaxis(t, 1, 2)  # noqa: E731    (B, H, N, d) -> (B, N, H, d)
+    return (heads(out), heads(d_out), np.stack([heads(dq), heads(dk), heads(dv)], 2),
+            np.stack([heads(d_dq), heads(d_dk), heads(d_dv)], 2))
+
+
+def test_attention_kernel_matches_float64(mode):
+    """attention_op (one op forward, one backward, on oneDNN's sgemm per head and block of queries) against the
+    float64 attention, within twice the float32 worst case; N = 197 spans 4 blocks of queries, with a short one."""
+    from ms_vit.models.kernels import attention_op
+    rng = np.random.default_rng(0)
+    b, n, h, d = 2, 197, 3, 16
+    qkv = (rng.standard_normal((b, n, 3, h, d)) * 2).astype(np.float32)
+    dout = rng.standard_normal((b, n, h, d)).astype(np.float32)
+    op = attention_op()
+
+    class Core(ms.nn.Cell):
+        def construct(self, x):
+            return op(x)[0]
+
+    got, dqkv = apply_and_grad(Core(), ms.Tensor(qkv), ms.Tensor(dout))
+    out, d_out, dqkv64, d_dqkv = attention_bounds(qkv.astype(np.float64), dout.astype(np.float64))
+    assert_within(got, out, 2 * d_out, "attention")
+    assert_within(dqkv, dqkv64, 2 * d_dqkv, "attention's gradient")
+
+
+def test_pool_serves_threads_that_call_together():
+    """Kernels called from several threads at once (the pool runs one caller's tasks, the others' on their own
+    threads) and in a forked child (a pool of its own) give the same results as alone."""
+    script = """
+import os, sys, threading, numpy as np, mindspore as ms
+sys.path.insert(0, %r)
+from ms_vit.models.kernels import linear
+op = linear()
+rng = np.random.default_rng(0)
+x, w, b = (ms.Tensor(rng.standard_normal(s).astype(np.float32)) for s in ((700, 64), (96, 64), (96,)))
+alone = op(x, w, b).asnumpy()
+results = []
+def call():
+    for _ in range(20):
+        results.append(op(x, w, b).asnumpy())
+threads = [threading.Thread(target=call) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(results), all(np.array_equal(r, alone) for r in results))
+# a forked child runs no MindSpore operator (its runtime's threads stay in the parent): it calls the kernel function
+import ctypes
+from ms_vit.models.kernels import compiled_library
+library = ctypes.CDLL(compiled_library())
+arrays = [np.ascontiguousarray(t.asnumpy()) for t in (x, w, b)] + [np.empty_like(alone)]
+shapes = [(ctypes.c_int64 * a.ndim)(*a.shape) for a in arrays]
+call = lambda: library.LinearForward(4, (ctypes.c_void_p * 4)(*[a.ctypes.data for a in arrays]),
+                                     (ctypes.c_int * 4)(*[a.ndim for a in arrays]),
+                                     (ctypes.POINTER(ctypes.c_int64) * 4)(*shapes),
+                                     (ctypes.c_char_p * 4)(*[b"float32"] * 4), None, None)
+assert call() == 0 and np.array_equal(arrays[3], alone)
+arrays[3][:] = 0
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if call() == 0 and np.array_equal(arrays[3], alone) else 3)
+print(os.waitpid(pid, 0)[1])
+""" % ROOT
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["80", "True", "0"], run.stdout
 
 
 def test_head_kernels_match_transposes(mode):

@@ -75,20 +75,24 @@ class LayerNorm(nn.LayerNorm):
 
 
 class Linear(nn.Cell):
-    """``x (R, I), weight (O, I), bias (O,) -> x weight^T + bias`` for parameters held elsewhere (a Dense layer's, the
-    patch embedding's convolution's); fused: ``kernels.Linear``, the same product with faster gradients
-    (MindSpore's CPU BiasAddGrad runs at ~0.5 GB/s; one orientation of its transposed MatMul at half speed)."""
+    """``x (R, I), weight (O, I), bias (O,) [, residual (R, O)] -> x weight^T + bias [+ residual]`` for parameters held
+    elsewhere (a Dense layer's, the patch embedding's convolution's: ``weight`` may be (O, ...), read as (O, I));
+    fused: ``kernels.Linear``, one op forward and one backward on oneDNN's sgemm (``gelu``: with the exact GELU of
+    the result in the same op; fused only)."""
 
-    def __init__(self, out_features: int, in_features: int, fused: bool = False):
+    def __init__(self, out_features: int, in_features: int, fused: bool = False, gelu: bool = False):
         super().__init__()
+        if gelu and not fused:
+            raise ValueError("Linear(gelu=True) needs the fused kernels")
         self.fused = fused
-        self.kernel = kernels.linear(out_features, in_features) if fused else None
+        self.kernel = kernels.linear(gelu) if fused else None
         self.matmul = ops.MatMul(transpose_b=True)
 
-    def construct(self, x, weight, bias):
+    def construct(self, x, weight, bias, residual=None):
         if self.fused:
-            return self.kernel(x, weight, bias)
-        return self.matmul(x, weight.astype(x.dtype)) + bias.astype(x.dtype)
+            return self.kernel(x, weight, bias, residual)
+        y = self.matmul(x, weight.reshape(weight.shape[0], -1).astype(x.dtype)) + bias.astype(x.dtype)
+        return y if residual is None else y + residual
 
 
 class BatchMatMul(nn.Cell):
@@ -104,17 +108,22 @@ class BatchMatMul(nn.Cell):
 
 
 class Dense(nn.Dense):
-    """``nn.Dense`` (same parameters); fused: ``Linear`` on the fused kernels."""
+    """``nn.Dense`` (same parameters); fused: ``Linear`` on the fused kernels, which can also add a residual
+    (``construct(x, residual)``) or apply the exact GELU (``gelu``) in the same op.
 
-    def __init__(self, in_channels: int, out_channels: int, fused: bool = False):
+    Inputs: x (..., in), residual (..., out) or None. Outputs: (..., out)."""
+
+    def __init__(self, in_channels: int, out_channels: int, fused: bool = False, gelu: bool = False):
         super().__init__(in_channels, out_channels)
         self.fused = fused
-        self.linear = Linear(out_channels, in_channels, fused) if fused else None
+        self.linear = Linear(out_channels, in_channels, fused, gelu) if fused else None
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
         if not self.fused:
-            return super().construct(x)
-        y = self.linear(x.reshape(-1, x.shape[-1]), self.weight, self.bias)        # (rows, out)
+            y = super().construct(x)
+            return y if residual is None else y + residual
+        rows = None if residual is None else residual.reshape(-1, residual.shape[-1])
+        y = self.linear(x.reshape(-1, x.shape[-1]), self.weight, self.bias, rows)        # (rows, out)
         return y.reshape(x.shape[:-1] + (y.shape[-1],))
 
 

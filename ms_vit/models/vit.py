@@ -37,6 +37,7 @@ import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, Uniform, XavierUniform, Zero, initializer
 
+from . import kernels as ms_kernels
 from .layers import (
     CPU_FUSED,
     DEVICE,
@@ -192,7 +193,7 @@ class Attention(nn.Cell):
         kernels: what the layers run on (``ms_vit.models.layers``): MindSpore's operators, the fused CPU kernels, or the
             device's (FlashAttention on Ascend, for float16/bfloat16 inputs without attention dropout).
 
-    Inputs: x (B, N, D). Outputs: (B, N, D).
+    Inputs: x (B, N, D); residual (B, N, D), only when ``takes_residual``: added to the output. Outputs: (B, N, D).
     """
 
     def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0,
@@ -210,6 +211,9 @@ class Attention(nn.Cell):
         self.out = Dense(dim, dim, fused)
         self.out_drop = nn.Dropout(p=proj_drop)
         self.flash = FlashAttention(num_heads) if kernels == DEVICE and attn_drop == 0 else None
+        self.fused_core = ms_kernels.attention_op() if fused and attn_drop == 0 else None    # one CPU kernel
+        # construct(x, residual) returns residual + attention(x), the addition done by the projection's kernel
+        self.takes_residual = self.fused_core is not None and proj_drop == 0
 
     def attention_weights(self, x):
         """(B, N, D) -> softmax(q k^T / sqrt d), (B, H, N, N) float32, computed in float32 so that float16
@@ -217,7 +221,15 @@ class Attention(nn.Cell):
         q, k, _ = self.split_heads(self.qkv(x))                      # (B, H, N, d), q scaled
         return self.softmax(self.q_kt(q, k).astype(ms.float32))
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
+        if self.fused_core is not None:
+            b, n, dim = x.shape
+            qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, dim // self.num_heads)  # (B, N, 3, H, d)
+            heads = self.fused_core(qkv.astype(ms.float32))[0]       # (B, N, H, d), heads merged
+            merged = heads.astype(qkv.dtype).reshape(b, n, dim)
+            if residual is None:
+                return self.out_drop(self.out(merged))
+            return self.out(merged, residual)                        # residual + projection, one op (no dropout)
         q, k, v = self.split_heads(self.qkv(x))                      # 3 x (B, H, N, d), q scaled
         if self.flash is not None and (q.dtype != ms.float32 or self.flash.low_precision):
             x = self.flash(q, k, v)                                  # (B, H, N, d), one fused kernel
@@ -245,14 +257,19 @@ class FeedForward(nn.Cell):
                  kernels: str = OPS):
         super().__init__()
         fused = kernels == CPU_FUSED
-        self.dense1 = Dense(dim, hidden_dim, fused)
-        self.gelu = GELU(gelu_approximate, fused, one_op=kernels == DEVICE)
+        fused_gelu = fused and not gelu_approximate                  # dense1 and the exact GELU in one CPU kernel
+        self.dense1 = Dense(dim, hidden_dim, fused, gelu=fused_gelu)
+        self.gelu = None if fused_gelu else GELU(gelu_approximate, fused, one_op=kernels == DEVICE)
         self.drop1 = nn.Dropout(p=dropout)
         self.dense2 = Dense(hidden_dim, dim, fused)
         self.drop2 = nn.Dropout(p=dropout)
+        # construct(x, residual) returns residual + feed_forward(x), the addition done by dense2's kernel
+        self.takes_residual = fused and dropout == 0
 
-    def construct(self, x):
-        x = self.gelu(self.dense1(x))                                # (B, N, M)
+    def construct(self, x, residual=None):
+        x = self.dense1(x) if self.gelu is None else self.gelu(self.dense1(x))     # (B, N, M)
+        if residual is not None:
+            return self.dense2(self.drop1(x), residual)              # (B, N, D), residual added in the same op
         return self.drop2(self.dense2(self.drop1(x)))                # (B, N, D)
 
 
@@ -302,8 +319,12 @@ class ResidualCell(nn.Cell):
         super().__init__()
         self.cell = cell
         self.drop_path = DropPath(drop_path)
+        # LayerNorm then a branch that adds the residual itself (fused kernels): x + branch(norm(x)) in its last op
+        self.branch_adds = drop_path == 0 and len(cell) == 2 and getattr(cell[1], "takes_residual", False)
 
     def construct(self, x):
+        if self.branch_adds:
+            return self.cell[1](self.cell[0](x), x)
         return x + self.drop_path(self.cell(x))
 
 
@@ -419,8 +440,7 @@ class PatchEmbedding(nn.Cell):
             x = self.conv(x)                                         # (B, D, S/P, S/P)
             b, d = x.shape[0], x.shape[1]
             return x.reshape(b, d, -1).transpose(0, 2, 1)            # (B, N, D)
-        weight = self.conv.weight.reshape(self.conv.weight.shape[0], -1)           # (D, C*P*P)
-        x = self.project(self.patchify(x), weight, self.conv.bias)                 # (B*N, D)
+        x = self.project(self.patchify(x), self.conv.weight, self.conv.bias)      # (B*N, D), weight read as (D, C*P*P)
         return x.reshape(-1, self.num_patches, x.shape[-1])          # (B, N, D)
 
 
@@ -438,6 +458,17 @@ class ViT(nn.Cell):
 
     Inputs: images (B, C, S, S), normalised. Outputs: logits (B, K).
     """
+
+    @property
+    def compile_phase(self):
+        return nn.Cell.compile_phase.fget(self)
+
+    @compile_phase.setter
+    def compile_phase(self, value):
+        # MindSpore sets the phase of every sub-cell, one by one, on every call of a graph-mode network: 1.3 ms for
+        # ViT-Ti/16's ~400 cells, 6 % of its batch-1 inference. Setting the phase it already holds changes nothing.
+        if value != nn.Cell.compile_phase.fget(self):
+            nn.Cell.compile_phase.fset(self, value)
 
     def __init__(self, config: ViTConfig, fused_kernels: Optional[bool] = None, device_kernels: bool = False,
                  init_weights: bool = True):

@@ -10,11 +10,16 @@
   the graph (~1.9 GB for ViT-B/16 training at batch 8) and gathers through it; these kernels copy whole rows.
 * ``softmax.cc``: softmax over the last axis with a one-pass gradient (MindSpore expands the gradient into four
   broadcasting ops: 11 % of a ViT-Ti/16 training step).
-* ``dense.cc``: bias addition with a fast bias gradient (MindSpore's CPU BiasAddGrad runs at ~0.5 GB/s: 13.6 %
-  of a ViT-Ti/16 training step) and a 2-D transpose, for ``Linear``'s weight gradient.
-* ``gemm.cc``: ``Linear``'s forward product on up to ``BLAS_ROWS`` rows (inference) as one sgemm of the BLAS numpy
-  has loaded (OpenBLAS in numpy's wheels), the bias its starting value: on ViT-Ti/16's shapes at batch 1 it takes
-  15-25 % less time than MindSpore's CPU MatMul, and no operator for the bias.
+* ``attention.cc``: the attention's core, softmax(q k^T / sqrt d) v of every head, one op forward and one backward in
+  place of five each (head split, two batched products, softmax, head merge), reading the heads from the qkv
+  projection and writing them merged through the GEMM's leading dimensions.
+* ``linear.cc``: a Dense layer's forward product with its bias, and its whole gradient (dx, dweight, dbias) in one
+  op, on the sgemm of oneDNN (the ``libdnnl.so.3`` MindSpore ships and loads), run on the kernels' thread pool: on
+  ViT's products it reaches about twice the speed of MindSpore's CPU MatMul (benchmarks/bench_gemm.py), and the
+  bias costs no operator (MindSpore's CPU BiasAddGrad ran at ~0.5 GB/s).
+
+The kernels run on one pool of threads per process (``common.h``: the caller and one worker per further CPU the process
+may use, started once, waiting spinning for 100 us and then sleeping).
 
 The library is compiled on first use into ``$MS_VIT_CACHE/kernels`` (default ``~/.cache/ms_vit/kernels``), its
 sha256 recorded beside it (``.so.sha256``). It is loaded (dlopen'ed by MindSpore: it runs as the user) only when the
@@ -22,8 +27,9 @@ folder, the library and the record are the user's own (``files.check_private``: 
 one else, no symbolic links) and the library's sha256 is the recorded one; a library that differs from its record
 is compiled again. A cache that is not the user's is not used: one warning naming the path, and the model runs on
 MindSpore's operators (a planted library is never loaded, and the run's numbers are the same). If no compiler is
-available, numpy has no BLAS with a ``cblas_sgemm`` loaded, or the compilation fails, the ``*_op()`` factories and
-``linear()`` return ``None`` and the model keeps MindSpore's own operators: slower, same numbers.
+available, MindSpore has no oneDNN v3 built for the threadpool interface loaded, or the compilation fails, the
+``*_op()`` factories and ``linear()`` return ``None`` and the model keeps MindSpore's own operators: slower, same
+numbers.
 ``MS_VIT_FUSED_KERNELS=0`` turns the kernels off for the process; ``create_model(fused_kernels=False)`` for one
 model (``ms_vit.models.layers`` makes the choice per block).
 ``MS_VIT_KERNELS_MARCH`` (tests only; default ``native``) compiles them for another ``-march``, e.g. ``x86-64-v3``
@@ -46,59 +52,57 @@ from ...files import CacheError, cache_root, check_private, private_cache, write
 logger = logging.getLogger("ms_vit")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = [os.path.join(_HERE, name)
-            for name in ("gelu.cc", "layer_norm.cc", "heads.cc", "patches.cc", "softmax.cc", "dense.cc", "gemm.cc")]
-_HEADERS = [os.path.join(_HERE, "common.h")]
+            for name in ("gelu.cc", "layer_norm.cc", "heads.cc", "patches.cc", "softmax.cc", "linear.cc",
+                         "attention.cc")]
+_HEADERS = [os.path.join(_HERE, name) for name in ("common.h", "gemm.h")]
 # -ffast-math's parts, not -ffast-math itself: given that flag, g++ links crtfastmath.o into the library, whose
 # constructor switches the whole process to flush subnormal numbers to zero (the CPU's FTZ/DAZ modes) as soon as the
 # library loads: every float operation of the user's process (numpy, MindSpore's own kernels) would change
 _FAST_MATH = ["-fno-math-errno", "-fno-trapping-math", "-ffinite-math-only", "-fno-signed-zeros",
               "-fassociative-math", "-freciprocal-math"]
 _FLAGS = ["-std=c++17", "-O3", f"-march={os.environ.get('MS_VIT_KERNELS_MARCH', 'native')}", *_FAST_MATH,
-          "-fopenmp-simd", "-pthread", "-shared", "-fPIC"]
+          "-fopenmp-simd", "-pthread", "-shared", "-fPIC",
+          "-Wl,-z,nodelete"]    # never unloaded: the pool's threads (common.h) run its code until the process ends
 
 
-# the sgemm of the BLAS numpy loaded, by name: (symbol, its integer type); OpenBLAS's 64-bit-integer builds (numpy's
-# wheels) suffix their names with 64_, scipy-openblas (numpy 2's wheels) prefixes them too; MKL and others: LP64
-_SGEMMS = [("cblas_sgemm64_", "int64_t"), ("scipy_cblas_sgemm64_", "int64_t"), ("cblas_sgemm", "int")]
+_DNNL_THREADPOOL_RUNTIME = 0x8      # dnnl_version()->cpu_runtime of a oneDNN built for the threadpool interface
 
 
 @functools.cache
-def loaded_blas():
-    """``(path, sgemm symbol, integer type)`` of the BLAS numpy has loaded into this process, or None. Only a library
-    already loaded is taken (nothing new is loaded); numpy's own (``numpy.libs``, or the one its extension links) is
-    preferred to others (scipy's), so that the choice, and the kernel library's cache key, does not depend on what
-    else the process imported."""
+def loaded_dnnl():
+    """Path of the oneDNN (v3, threadpool runtime: ``dnnl_threadpool_interop_sgemm``) MindSpore has loaded into this
+    process (``mindspore/lib/libdnnl.so.3``), or None. Only a library already loaded is taken (nothing new is
+    loaded)."""
     import ctypes
 
-    import numpy
     try:
         with open("/proc/self/maps") as f:
-            loaded = sorted({line.split()[-1] for line in f if ".so" in line and "/" in line})
+            loaded = sorted({line.split()[-1] for line in f if "/libdnnl.so" in line})
     except OSError:
         return None
-    numpy_site = os.path.dirname(os.path.dirname(os.path.abspath(numpy.__file__)))
-    candidates = sorted((path for path in loaded if "blas" in os.path.basename(path).lower() or
-                         "mkl_rt" in os.path.basename(path)),
-                        key=lambda path: (not path.startswith(os.path.join(numpy_site, "numpy")), path))
-    for path in candidates:
+
+    class Version(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                    ("hash", ctypes.c_char_p), ("cpu_runtime", ctypes.c_uint), ("gpu_runtime", ctypes.c_uint)]
+
+    for path in loaded:
         try:
             library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
         except OSError:
             continue
-        for symbol, int_type in _SGEMMS:
-            if hasattr(library, symbol):
-                return path, symbol, int_type
+        if not hasattr(library, "dnnl_threadpool_interop_sgemm") or not hasattr(library, "dnnl_version"):
+            continue
+        library.dnnl_version.restype = ctypes.POINTER(Version)
+        version = library.dnnl_version().contents
+        if version.major == 3 and version.cpu_runtime == _DNNL_THREADPOOL_RUNTIME:
+            return path
     return None
 
 
-def _blas_flags():
-    """The compiler arguments that link gemm.cc to numpy's BLAS (as loaded: see ``loaded_blas``), or None."""
-    blas = loaded_blas()
-    if blas is None:
-        return None
-    path, symbol, int_type = blas
-    return [f"-DMS_VIT_SGEMM={symbol}", f"-DMS_VIT_BLAS_INT={int_type}", path,
-            f"-Wl,-rpath,{os.path.dirname(path)}"]
+def _dnnl_flags():
+    """The compiler arguments that link linear.cc to MindSpore's oneDNN (as loaded: see ``loaded_dnnl``), or None."""
+    path = loaded_dnnl()
+    return None if path is None else [path, f"-Wl,-rpath,{os.path.dirname(path)}"]
 
 
 def _cache_dir():
@@ -118,7 +122,7 @@ def library_path():
     """Where the library of these sources, flags and CPU is cached (its name is public: anyone can compute it,
     which is why its folder must be the user's own)."""
     source = b"".join(open(path, "rb").read() for path in _SOURCES + _HEADERS)
-    flags = " ".join(_FLAGS + (_blas_flags() or []))
+    flags = " ".join(_FLAGS + (_dnnl_flags() or []))
     key = hashlib.sha256(source + flags.encode() + _cpu_signature().encode()).hexdigest()[:16]
     return os.path.join(_cache_dir(), f"ms_vit_kernels-{key}.so")
 
@@ -135,9 +139,9 @@ def compiled_library():
     if compiler is None:
         logger.info("ms_vit: no C++ compiler found; the model runs on MindSpore's (slower) CPU operators")
         return None
-    if _blas_flags() is None:
-        logger.info("ms_vit: numpy has no BLAS loaded with a cblas_sgemm; the model runs on MindSpore's (slower) "
-                    "CPU operators")
+    if _dnnl_flags() is None:
+        logger.info("ms_vit: MindSpore has no oneDNN v3 (threadpool runtime) loaded; the model runs on MindSpore's "
+                    "(slower) CPU operators")
         return None
     target = library_path()
     try:
@@ -188,7 +192,7 @@ def _compile(compiler, target):
     logger.info(f"ms_vit: compiling the fused CPU kernels into {target} (once)")
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
     os.close(fd)
-    result = subprocess.run([compiler, *_FLAGS, *_SOURCES, *_blas_flags(), "-o", tmp], capture_output=True,
+    result = subprocess.run([compiler, *_FLAGS, *_SOURCES, *_dnnl_flags(), "-o", tmp], capture_output=True,
                             text=True)
     if result.returncode != 0:
         os.remove(tmp)
@@ -278,6 +282,20 @@ def swap_middle_axes_op():
 
 
 @_kernel_op
+def attention_op():
+    """A Custom op ``qkv (B, N, 3, H, d) -> (out (B, N, H, d), probs (B, H, N, N))``: every head's
+    softmax(q k^T d^-0.5) v, written with the heads merged, and the softmax (kept for the gradient), for float32 CPU
+    tensors (with its gradient, one op), or None."""
+    attention_backward = _custom("AttentionBackward", lambda qkv, probs, dout: qkv, _same)
+
+    def bprop(qkv, out, dout):
+        return (attention_backward(qkv, out[1], dout[0]),)
+
+    shapes = lambda qkv: ((qkv[0], qkv[1], qkv[3], qkv[4]), (qkv[0], qkv[3], qkv[1], qkv[1]))  # noqa: E731
+    return _custom("AttentionForward", shapes, lambda qkv: (qkv, qkv), bprop)
+
+
+@_kernel_op
 def softmax_op():
     """A Custom op computing the softmax over the last axis of a float32 CPU tensor (with its gradient), or None."""
     grad = _custom("SoftmaxLastAxisGrad", _same, _same)
@@ -288,69 +306,79 @@ def softmax_op():
     return _custom("SoftmaxLastAxis", _same, _same, bprop)
 
 
-@_kernel_op
-def add_bias_op():
-    """A Custom op ``(x (..., C), bias (C,)) -> x + bias`` for float32 CPU tensors (gradient: see ``Linear``)."""
-    return _custom("AddBias", _same, _same)
+def _linear_grad():
+    """The gradient of a Dense layer's product (``LinearBackward``, one op: dx, dweight, dbias), in the inputs'
+    dtypes. (Each bprop names its ops and functions uniquely: MindSpore's parser resolved the free name ``grad`` of
+    one bprop to another's.)"""
+    linear_backward = _custom("LinearBackward", lambda x, weight, dy: (x, weight, weight[:1]),
+                              lambda x, weight, dy: (x, x, x))
+
+    def linear_grad(x, weight, bias, dout):
+        dx, dweight, dbias = linear_backward(x, weight, dout)
+        return dx.astype(x.dtype), dweight.astype(weight.dtype), dbias.astype(bias.dtype)
+    return linear_grad
 
 
-@_kernel_op
-def sum_rows_op():
-    """A Custom op ``dy (..., C) -> (C,)``: the sum over all but the last axis (the bias gradient)."""
-    return _custom("SumToLastAxis", lambda dy: dy[-1:], _same)
+def _linear_op():
+    """A Custom op ``x (R, I), weight (O, I), bias (O,) -> x weight^T + bias`` for float32 CPU tensors (oneDNN's sgemm,
+    linear.cc; ``weight`` may be (O, ...), read as (O, I): a convolution's), with its gradient (one op)."""
+    linear_grad = _linear_grad()
+
+    def bprop(x, weight, bias, out, dout):
+        return linear_grad(x, weight, bias, dout)
+
+    return _custom("LinearForward", lambda x, weight, bias: (x[0], weight[0]), _same, bprop)
 
 
-@_kernel_op
-def transpose_op():
-    """A Custom op ``(R, C) -> (C, R)`` for float32 CPU matrices."""
-    return _custom("Transpose2D", lambda x: (x[1], x[0]), _same)
+def _linear_residual_op():
+    """``_linear_op`` with a residual added in the same pass: ``(x, weight, bias, residual (R, O)) -> x weight^T + bias
+    + residual``."""
+    linear_residual_grad = _linear_grad()
+
+    def bprop(x, weight, bias, residual, out, dout):
+        return linear_residual_grad(x, weight, bias, dout) + (dout,)
+
+    # its own function name: two Custom ops of one name and different arities in a graph are confused by MindSpore
+    return _custom("LinearResidualForward", lambda x, weight, bias, residual: residual, _same, bprop)
 
 
-# Rows up to which Linear's forward product is numpy's BLAS's sgemm: ViT at inference (197 rows an image). On
-# larger products (training: 6,304 rows for ViT-Ti/16 at batch 32) MindSpore's MatMul measured 8 % faster, and
-# OpenBLAS's threads, spinning after each call, slowed the operators that follow (benchmarks/profile_ops.py).
-BLAS_ROWS = 2048
+def _linear_gelu_op():
+    """``(x, weight, bias) -> (h, GELU(h))`` with ``h = x weight^T + bias``, the exact GELU, in one op (``h`` is kept
+    for the gradient, also one op)."""
+    linear_gelu_backward = _custom("LinearGeluBackward", lambda x, weight, h, dy: (x, weight, weight[:1]),
+                                   lambda x, weight, h, dy: (x, x, x))
+
+    def bprop(x, weight, bias, out, dout):
+        return linear_gelu_backward(x, weight, out[0], dout[1])
+
+    shape = lambda x, weight, bias: ((x[0], weight[0]),) * 2  # noqa: E731
+    return _custom("LinearGeluForward", shape, lambda x, weight, bias: (x, x), bprop)
 
 
 class Linear(nn.Cell):
-    """``x (R, I), weight (O, I), bias (O,) -> x weight^T + bias`` on CPU, with a gradient that picks the fast
-    matrix products: MindSpore's CPU ``MatMul(transpose_a=True)`` runs at half speed when its output has fewer
-    rows than columns (ViT-B/16's MLP output layer at batch 8: 67 ms for dy^T x, 41 ms for x^T dy), so the
-    weight gradient of a layer with O < I is computed as (x^T dy)^T. The bias is added in float32 by
-    ``AddBias`` and its gradient summed by ``SumToLastAxis``. Products on up to ``BLAS_ROWS`` rows run forward as
-    one sgemm of numpy's BLAS with the bias (``LinearForward``); the gradient is the same either way. Create it with
-    ``linear()``."""
+    """``x (R, I), weight (O, I), bias (O,) [, residual (R, O)] -> x weight^T + bias [+ residual]`` on CPU, computed in
+    float32 by oneDNN's sgemm (linear.cc), forward and backward one op each (dx, dweight and dbias together);
+    ``gelu``: the exact GELU of that, in the same op. MindSpore's CPU MatMul reaches half oneDNN's speed, and its
+    BiasAddGrad runs at ~0.5 GB/s. Create it with ``linear()``."""
 
-    def __init__(self, out_features: int, in_features: int):
+    def __init__(self, gelu: bool = False):
         super().__init__()
-        self.matmul = ops.MatMul(transpose_b=True)
-        self.matmul_nn = ops.MatMul()
-        self.matmul_tn = ops.MatMul(transpose_a=True)
-        self.add_bias = add_bias_op()
-        self.sum_rows = sum_rows_op()
-        self.transpose = transpose_op()
-        self.weight_grad_transposed = out_features < in_features
-        self.blas_forward = _custom("LinearForward", lambda x, weight, bias: (x[0], weight[0]), _same)
+        self.gelu = gelu
+        self.linear = _linear_gelu_op() if gelu else _linear_op()
+        self.linear_residual = None if gelu else _linear_residual_op()
 
-    def construct(self, x, weight, bias):
-        if x.shape[0] <= BLAS_ROWS and x.dtype == ms.float32:
-            return self.blas_forward(x, weight.astype(ms.float32), bias.astype(ms.float32))
-        y = self.matmul(x, weight)
-        return self.add_bias(y.astype(ms.float32), bias.astype(ms.float32)).astype(y.dtype)
-
-    def bprop(self, x, weight, bias, out, dout):
-        dx = self.matmul_nn(dout.astype(weight.dtype), weight)
-        if self.weight_grad_transposed:
-            dweight = self.transpose(self.matmul_tn(x, dout.astype(x.dtype)).astype(ms.float32))
-        else:
-            dweight = self.matmul_tn(dout.astype(x.dtype), x)
-        dbias = self.sum_rows(dout.astype(ms.float32))
-        return dx.astype(x.dtype), dweight.astype(weight.dtype), dbias.astype(bias.dtype)
+    def construct(self, x, weight, bias, residual=None):
+        x32, weight, bias = x.astype(ms.float32), weight.astype(ms.float32), bias.astype(ms.float32)
+        if self.gelu:
+            return self.linear(x32, weight, bias)[1].astype(x.dtype)
+        if residual is None:
+            return self.linear(x32, weight, bias).astype(x.dtype)
+        return self.linear_residual(x32, weight, bias, residual.astype(ms.float32)).astype(x.dtype)
 
 
-def linear(out_features: int, in_features: int):
+def linear(gelu: bool = False):
     """A ``Linear`` cell, or None if the kernels cannot be built here."""
-    return None if compiled_library() is None else Linear(out_features, in_features)
+    return None if compiled_library() is None else Linear(gelu)
 
 
 @_kernel_op

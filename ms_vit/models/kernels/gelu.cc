@@ -1,7 +1,7 @@
 // Exact (erf) GELU and its gradient for MindSpore CPU, as AOT custom-op kernels (ms_vit.models.kernels).
 //
-// erf(z) follows Abramowitz & Stegun 7.1.26 (max abs error 1.5e-7), as PyTorch's vectorised CPU erf does;
-// the loops vectorise (exp inlined: ms_vit::exp_approx in common.h) and large tensors are split over threads.
+// erf(z) follows Abramowitz & Stegun 7.1.26 (max abs error 1.5e-7), as PyTorch's vectorised CPU erf does
+// (ms_vit::gelu_erf in common.h); the loops vectorise and large tensors are split over threads.
 // Signature: MindSpore's AOT interface, int f(int nparam, void **params, int *ndims, int64_t **shapes,
 // const char **dtypes, void *stream, void *extra); inputs then outputs in params, float32 only.
 #include <cmath>
@@ -11,20 +11,6 @@
 using ms_vit::all_float32;
 using ms_vit::element_count;
 
-namespace {
-constexpr float kInvSqrt2 = 0.70710678118654752f;
-constexpr float kInvSqrt2Pi = 0.39894228040143268f;
-
-inline float erf_as(float z) {
-  const float a = std::fabs(z);
-  const float t = 1.0f / (1.0f + 0.3275911f * a);
-  const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f +
-                     t * 1.061405429f))));
-  const float r = 1.0f - poly * ms_vit::exp_approx(-a * a);
-  return std::copysign(r, z);
-}
-
-}  // namespace
 
 // y = 0.5 x (1 + erf(x / sqrt 2)).  params: x, y.
 extern "C" int GeluErf(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
@@ -35,7 +21,7 @@ extern "C" int GeluErf(int nparam, void **params, int *ndims, int64_t **shapes, 
   const int64_t n = element_count(ndims[0], shapes[0]);
   ms_vit::parallel_for(n, ms_vit::kMinFloatsPerThread, [=](int, int64_t begin, int64_t end) {
 #pragma omp simd
-    for (int64_t i = begin; i < end; ++i) y[i] = 0.5f * x[i] * (1.0f + erf_as(x[i] * kInvSqrt2));
+    for (int64_t i = begin; i < end; ++i) y[i] = ms_vit::gelu_erf(x[i]);
   });
   return 0;
 }
@@ -50,11 +36,7 @@ extern "C" int GeluErfGrad(int nparam, void **params, int *ndims, int64_t **shap
   const int64_t n = element_count(ndims[0], shapes[0]);
   ms_vit::parallel_for(n, ms_vit::kMinFloatsPerThread, [=](int, int64_t begin, int64_t end) {
 #pragma omp simd
-    for (int64_t i = begin; i < end; ++i) {
-      const float cdf = 0.5f * (1.0f + erf_as(x[i] * kInvSqrt2));
-      const float pdf = kInvSqrt2Pi * ms_vit::exp_approx(-0.5f * x[i] * x[i]);
-      dx[i] = dy[i] * (cdf + x[i] * pdf);
-    }
+    for (int64_t i = begin; i < end; ++i) dx[i] = dy[i] * ms_vit::gelu_erf_slope(x[i]);
   });
   return 0;
 }

@@ -17,22 +17,7 @@ extern "C" int SoftmaxLastAxis(int nparam, void **params, int *ndims, int64_t **
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
-  ms_vit::for_each_row(rows, cols, [=](int64_t r) {
-    const float *xr = x + r * cols;
-    float *yr = y + r * cols;
-    float top = -INFINITY;
-#pragma omp simd reduction(max : top)
-    for (int64_t j = 0; j < cols; ++j) top = std::max(top, xr[j]);
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < cols; ++j) {
-      yr[j] = ms_vit::exp_approx(xr[j] - top);
-      sum += yr[j];
-    }
-    const float inv = 1.0f / sum;
-#pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) yr[j] *= inv;
-  });
+  ms_vit::for_each_row(rows, cols, [=](int64_t r) { ms_vit::softmax_row(x + r * cols, y + r * cols, cols); });
   return 0;
 }
 
@@ -45,13 +30,7 @@ extern "C" int SoftmaxLastAxisGrad(int nparam, void **params, int *ndims, int64_
   float *dx = static_cast<float *>(params[2]);
   const int64_t cols = shapes[0][ndims[0] - 1], rows = rows_of(ndims[0], shapes[0]);
   ms_vit::for_each_row(rows, cols, [=](int64_t r) {
-    const float *yr = y + r * cols, *dyr = dy + r * cols;
-    float *dxr = dx + r * cols;
-    float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < cols; ++j) dot += dyr[j] * yr[j];
-#pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) dxr[j] = yr[j] * (dyr[j] - dot);
+    ms_vit::softmax_row_grad(y + r * cols, dy + r * cols, dx + r * cols, cols);
   });
   return 0;
 }
