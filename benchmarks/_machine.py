@@ -2,8 +2,8 @@
 
 ``describe()``: the CPU model, its cores, the vector extensions that decide which kernels run (AVX2, AVX-512 and its
 VNNI/BF16 parts, AMX), memory. ``sgemm_peak()``: the fastest float32 GEMM this machine does, measured now with large
-square products in numpy (OpenBLAS), PyTorch and MindSpore, so that a benchmark can say what fraction of it a case
-reaches."""
+square products in numpy (OpenBLAS), PyTorch, MindSpore and ms_vit's kernels (oneDNN), so that a benchmark can say
+what fraction of it a case reaches."""
 import os
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -42,11 +42,18 @@ elif library == "torch":
     import torch
     t = torch.from_numpy(a)
     step = lambda: torch.mm(t, t)
-else:
+elif library == "mindspore":
     import mindspore as ms
     ms.set_device("CPU")
     matmul, m = ms.ops.MatMul(), ms.Tensor(a)
     step = lambda: matmul(m, m).asnumpy()
+else:                                     # ms_vit's kernels: MindSpore's oneDNN sgemm on the kernels' threads
+    import mindspore as ms
+    sys.path.insert(0, sys.argv[4])
+    from ms_vit.models.kernels import linear
+    ms.set_device("CPU")
+    op, m, zero = linear(), ms.Tensor(a), ms.Tensor(np.zeros(size, np.float32))
+    step = lambda: op(m, m, zero).asnumpy()
 step()
 best = float("inf")
 for _ in range(repeats):
@@ -59,13 +66,15 @@ print(2.0 * size ** 3 / best / 1e9)
 
 def sgemm_peak(size: int = 2048, repeats: int = 5) -> dict:
     """GFLOP/s of a ``size`` x ``size`` float32 matrix product in each library that runs here (numpy's BLAS,
-    PyTorch, MindSpore; each in a fresh process), and ``"peak"``: the best of them."""
+    PyTorch, MindSpore's MatMul, ms_vit's kernels: MindSpore's oneDNN; each in a fresh process), and ``"peak"``: the
+    best of them."""
     import subprocess
     import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     found = {}
-    for library in ("numpy", "torch", "mindspore"):
-        run = subprocess.run([sys.executable, "-c", _GEMM, str(size), str(repeats), library], capture_output=True,
-                             text=True, env=dict(os.environ, GLOG_v="3"))
+    for library in ("numpy", "torch", "mindspore", "ms_vit"):
+        run = subprocess.run([sys.executable, "-c", _GEMM, str(size), str(repeats), library, root],
+                             capture_output=True, text=True, env=dict(os.environ, GLOG_v="3"))
         if run.returncode == 0:
             found[library] = float(run.stdout.strip().splitlines()[-1])
     found["peak"] = max(found.values())

@@ -13,7 +13,8 @@ Every case runs in a fresh process of its own, so that peak memory (max RSS) and
 VisionTransformer class, which mindcv has no name for).
 Figures are images per second (higher is better), the ms_vit / timm ratio (>1: ms_vit faster) and, per case, the
 fraction of this machine's float32 GEMM peak each framework reaches (the case's matrix-product FLOPs x img/s over the
-best large SGEMM of numpy, PyTorch and MindSpore, measured first in the same run). The first line names the CPU.
+best large SGEMM of numpy, PyTorch, MindSpore and ms_vit's kernels, measured first in the same run). The first line
+names the CPU.
 ``train_recompute`` is the training step with each block recomputed in the backward pass (ms_vit's
 ``set_grad_checkpointing``, train.py ``--recompute``; timm's ``set_grad_checkpointing``). ``--amp_level`` trains ms_vit
 at that AMP level in float16 as train.py does (``amp.apply``, recomputation set after AMP's casts; the peers are left
