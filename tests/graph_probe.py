@@ -1,13 +1,13 @@
 """Run by tests (a process of its own: MindSpore's IR dump): the training graph MindSpore compiles for the device,
 for each case given, as its validated IR (the front end's graph, with every operator's input dtypes and scope).
 
-    python tests/graph_probe.py OUT LEVEL:DTYPE[:device][:recompute] ...
+    python tests/graph_probe.py OUT LEVEL:DTYPE[:device][:fused][:recompute] ...
 
 ``device``: the model built with the device kernels (FlashAttention, the one-operator GELU) as on an Atlas A2
 Ascend: this CPU has neither (nor bfloat16 kernels), so the compilation stops in the backend, after the front end
-wrote the graph; ``recompute``: each block recomputed in the backward pass (``amp.apply(recompute=True)``, as
-train.py ``--recompute``). One tiny ViT of one block with
-stochastic depth, AMP at LEVEL in DTYPE as train.py applies it. The graph of case i goes to OUT/<i>/.
+wrote the graph; ``fused``: on ms_vit's fused CPU kernels (O0 only: they compute in float32); ``recompute``: each
+block recomputed in the backward pass (``amp.apply(recompute=True)``, as train.py ``--recompute``). One tiny ViT of
+one block with stochastic depth, AMP at LEVEL in DTYPE as train.py applies it. The graph of case i goes to OUT/<i>/.
 """
 import os
 import sys
@@ -25,7 +25,7 @@ from ms_vit.training.train_step import TrainStep
 def compile_case(out: str, level: str, dtype: str, options) -> None:
     ms.set_context(save_graphs=1, save_graphs_path=out)
     net = create_model("vit_ti_16_224", num_classes=5, image_size=32, patch_size=8, embed_dim=64, depth=1,
-                       num_heads=4, mlp_dim=96, drop_path_rate=0.1, fused_kernels=False,
+                       num_heads=4, mlp_dim=96, drop_path_rate=0.1, fused_kernels="fused" in options,
                        device_kernels="device" in options)
     net = amp.apply(net, level, dtype, recompute="recompute" in options)
     scaler = amp.loss_scale_manager(level, dtype)

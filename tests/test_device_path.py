@@ -162,9 +162,11 @@ def test_device_line_and_a_missing_backend(imagenet_sample, tmp_path):
 GRAPH_CASES = {(level, dtype, kernels): f"{level}:{dtype}:recompute" + (":device" if kernels == "device" else "")
                for kernels in ("ops", "device") for level in ("O0", "O1", "O2", "O3")
                for dtype in (("float16", "bfloat16") if kernels == "device" and level != "O0" else ("float16",))}
+GRAPH_CASES[("O0", "float32", "fused")] = "O0:float32:recompute:fused"      # the CPU kernels (float32 only)
 # the block's operators that recomputation must not keep (the activations: LayerNorm, the matrix products, the
 # softmax or FlashAttention, GELU, and every cast AMP adds)
-RECOMPUTED = {"Cast", "LayerNorm", "MatMul", "BatchMatMul", "Softmax", "FlashAttentionScore", "GeluExt", "Erf"}
+RECOMPUTED = {"Cast", "LayerNorm", "MatMul", "BatchMatMul", "Softmax", "FlashAttentionScore", "GeluExt", "Erf",
+              "Custom"}
 
 
 def block_nodes(ir_text: str):
@@ -216,7 +218,8 @@ def test_flash_attention_and_the_one_operator_gelu_are_in_the_device_graph_at_o1
 
 def test_recompute_covers_every_activation_of_a_block_at_every_amp_level(device_graphs):
     """train.py --recompute (``amp.apply(recompute=True)``): every activation of each block is recomputed, the casts
-    AMP adds included (set before AMP, the casts it wrapped around LayerNorm at O2 kept their outputs)."""
+    AMP adds included (set before AMP, the casts it wrapped around LayerNorm at O2 kept their outputs), and on the
+    fused CPU kernels every kernel (what that saves: tests/test_kernels.py, the training peak)."""
     for case, (_, nodes) in device_graphs.items():
         activations = [(op, recomputed) for op, recomputed in nodes if op in RECOMPUTED]
         assert len(activations) > 10, case

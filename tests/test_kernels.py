@@ -333,6 +333,39 @@ def test_attention_kernel_matches_float64(mode):
     assert_within(dqkv, dqkv64, 2 * d_dqkv, "attention's gradient")
 
 
+RECOMPUTE_PEAK = """
+import resource, sys, numpy as np, mindspore as ms
+sys.path.insert(0, %r)
+from mindspore import nn
+from ms_vit import create_model
+from ms_vit.training.optim import AdamW
+from ms_vit.training.train_step import TrainStep
+ms.set_context(mode=ms.GRAPH_MODE)
+net = create_model("vit_ti_16_224", depth=6)
+if sys.argv[1] == "1":
+    net.set_grad_checkpointing(True)
+step = TrainStep(nn.WithLossCell(net, nn.CrossEntropyLoss()), AdamW(net.trainable_params(), learning_rate=1e-3), None)
+step.set_train(True)
+x = ms.Tensor(np.random.default_rng(0).random((32, 3, 224, 224), np.float32))
+for _ in range(2):
+    step(x, ms.Tensor(np.arange(32, dtype=np.int32)))[0].asnumpy()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+""" % ROOT
+
+
+def test_recompute_lowers_the_training_peak_on_the_kernels():
+    """set_grad_checkpointing on the fused kernels: ViT-Ti/16 (depth 6, batch 32) trains at a peak a quarter lower
+    than without (measured 1286 -> 854 MB; with each branch adding its residual in its last kernel, which kept the
+    block's activations, 1264 MB)."""
+    peaks = {}
+    for recompute in ("0", "1"):
+        run = subprocess.run([sys.executable, "-c", RECOMPUTE_PEAK, recompute], capture_output=True, text=True,
+                             timeout=900)
+        assert run.returncode == 0, run.stderr[-2000:]
+        peaks[recompute] = int(run.stdout.split()[-1])
+    assert peaks["1"] < 0.8 * peaks["0"], peaks
+
+
 def test_pool_serves_threads_that_call_together():
     """Kernels called from several threads at once (the pool runs one caller's tasks, the others' on their own
     threads) and in a forked child (a pool of its own) give the same results as alone."""

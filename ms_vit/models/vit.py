@@ -531,6 +531,8 @@ class ViT(nn.Cell):
         to the cells a block holds at this call, and AMP's cast wrappers added later would keep their outputs."""
         if enable:                               # (MindSpore cannot turn recomputation off again)
             for block in self.transformer.layers:
+                for residual in block:           # a branch adding its residual in its last kernel kept its
+                    residual.branch_adds = False  # activations under recompute (Ti/16: 1.26 GB vs 0.85 at depth 6)
                 block.recompute()
 
     def embed(self, x):
