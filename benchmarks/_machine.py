@@ -52,6 +52,7 @@ else:                                     # ms_vit's kernels: MindSpore's oneDNN
     sys.path.insert(0, sys.argv[4])
     from ms_vit.models.kernels import linear
     ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE)
     op, m, zero = linear(), ms.Tensor(a), ms.Tensor(np.zeros(size, np.float32))
     step = lambda: op(m, m, zero).asnumpy()
 step()
