@@ -12,8 +12,6 @@ using ms_vit::all_float32;
 using ms_vit::gemm;
 
 namespace {
-// d^-0.5 rounded to float32, as the model's Python float scale is when it multiplies a float32 tensor.
-inline float attention_scale(int64_t d) { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(d))); }
 
 // Queries per forward task: enough tasks for every thread at batch 1 (3 heads of ViT-Ti/16 on 2 threads would
 // leave one idle half the time), rows long enough for the GEMM's kernels.
@@ -30,7 +28,7 @@ extern "C" int AttentionForward(int nparam, void **params, int *ndims, int64_t *
   float *probs = static_cast<float *>(params[2]);
   const int64_t b = shapes[0][0], n = shapes[0][1], h = shapes[0][3], d = shapes[0][4];
   const int64_t qkv_row = 3 * h * d, out_row = h * d, blocks = (n + kQueryBlock - 1) / kQueryBlock;
-  const float scale = attention_scale(d);
+  const float scale = ms_vit::attention_scale(d);
   std::atomic<int> failed{0};
   ms_vit::ThreadPool::instance().run(static_cast<int>(b * h * blocks), [&](int task) {
     const int64_t bh = task / blocks, i = bh / h, head = bh % h, q0 = (task % blocks) * kQueryBlock;
@@ -58,7 +56,7 @@ extern "C" int AttentionBackward(int nparam, void **params, int *ndims, int64_t 
   float *dqkv = static_cast<float *>(params[3]);
   const int64_t b = shapes[0][0], n = shapes[0][1], h = shapes[0][3], d = shapes[0][4];
   const int64_t qkv_row = 3 * h * d, out_row = h * d;
-  const float scale = attention_scale(d);
+  const float scale = ms_vit::attention_scale(d);
   std::atomic<int> failed{0};
   ms_vit::ThreadPool::instance().run(static_cast<int>(b * h), [&](int bh) {
     const int64_t i = bh / h, head = bh % h;

@@ -38,6 +38,9 @@ inline float exp_approx(float x) {
   return p * scale;
 }
 
+// d^-0.5 rounded to float32, as the model's Python float scale is when it multiplies a float32 tensor.
+inline float attention_scale(int64_t d) { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(d))); }
+
 // erf(z) by Abramowitz & Stegun 7.1.26 (max abs error 1.5e-7), as PyTorch's vectorised CPU erf.
 inline float erf_as(float z) {
   const float a = std::fabs(z);

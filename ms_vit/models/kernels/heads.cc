@@ -13,8 +13,6 @@
 using ms_vit::all_float32;
 
 namespace {
-// d^-0.5 rounded to float32, as the model's Python float scale is when it multiplies a float32 tensor.
-inline float attention_scale(int64_t d) { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(d))); }
 
 inline void copy_scaled(const float *src, float *dst, int64_t count, float scale) {
 #pragma omp simd
@@ -30,7 +28,7 @@ extern "C" int SplitHeads(int nparam, void **params, int *ndims, int64_t **shape
   float *out[3] = {static_cast<float *>(params[1]), static_cast<float *>(params[2]),
                    static_cast<float *>(params[3])};
   const int64_t b = shapes[0][0], n = shapes[0][1], h = shapes[0][3], d = shapes[0][4];
-  const float scale = attention_scale(d);
+  const float scale = ms_vit::attention_scale(d);
   ms_vit::for_each_row(b * n, 3 * h * d, [=](int64_t bn) {
     const int64_t i = bn / n, t = bn % n;
     const float *src = qkv + bn * 3 * h * d;
@@ -57,7 +55,7 @@ extern "C" int SplitHeadsGrad(int nparam, void **params, int *ndims, int64_t **s
                            static_cast<const float *>(params[2])};
   float *dqkv = static_cast<float *>(params[3]);
   const int64_t b = shapes[0][0], h = shapes[0][1], n = shapes[0][2], d = shapes[0][3];
-  const float scale = attention_scale(d);
+  const float scale = ms_vit::attention_scale(d);
   ms_vit::for_each_row(b * n, 3 * h * d, [=](int64_t bn) {
     const int64_t i = bn / n, t = bn % n;
     float *dst = dqkv + bn * 3 * h * d;
