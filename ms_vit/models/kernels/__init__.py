@@ -14,9 +14,10 @@
   place of five each (head split, two batched products, softmax, head merge), reading the heads from the qkv
   projection and writing them merged through the GEMM's leading dimensions.
 * ``linear.cc``: a Dense layer's forward product with its bias, and its whole gradient (dx, dweight, dbias) in one
-  op, on the sgemm of oneDNN (the ``libdnnl.so.3`` MindSpore ships and loads), run on the kernels' thread pool: on
-  ViT's products it reaches about twice the speed of MindSpore's CPU MatMul (benchmarks/bench_gemm.py), and the
-  bias costs no operator (MindSpore's CPU BiasAddGrad ran at ~0.5 GB/s).
+  op, on the sgemm of oneDNN (the ``libdnnl.so.3`` MindSpore ships and loads), each of the kernels' threads on its
+  own block of the result, with the bias, residual or GELU of that block: on ViT's products it reaches about twice
+  the speed of MindSpore's CPU MatMul (benchmarks/bench_gemm.py), and the bias costs no operator (MindSpore's CPU
+  BiasAddGrad ran at ~0.5 GB/s).
 
 The kernels run on one pool of threads per process (``common.h``: the caller and one worker per further CPU the process
 may use, started once, waiting spinning for 100 us and then sleeping).

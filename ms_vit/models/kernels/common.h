@@ -110,8 +110,7 @@ inline int64_t min_items(int64_t floats) {
 }
 
 // The threads of one process's kernels: the caller and (CPUs this process may run on - 1) workers, started once
-// and kept; oneDNN's GEMM runs on them too (it is dnnl::threadpool_interop::threadpool_iface, whose virtual
-// functions are declared here in oneDNN's order: the interface of oneDNN v3's dnnl_threadpool_iface.hpp).
+// and kept; the matrix products run on them too, a block of the result per thread (gemm.h).
 //
 // Not OpenMP, not a thread per call: MindSpore initialises libgomp with spinning waits, and idle OpenMP workers
 // spinning after each call slowed the next MindSpore kernels by up to 2x on a 2-core machine; starting a

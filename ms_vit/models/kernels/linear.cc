@@ -32,20 +32,32 @@ void sum_rows(const float *m, int64_t rows, int64_t cols, float *sums) {
 }
 
 
-// Fills y (R, O) with x weight^T + bias (+ residual (R, O) when given), weight (O, ...) seen as (O, I).
+// Fills y (R, O) with x weight^T + bias (+ residual (R, O) when given), weight (O, ...) seen as (O, I); with `gelu`,
+// h = that and y = GELU(h), the exact GELU. Each thread does all of it on its own block of the result.
 int linear(const float *x, const float *weight, const float *bias, const float *residual, int64_t rows, int64_t in,
-           int64_t out, float *y) {
-  ms_vit::for_each_row(rows, out, [=](int64_t r) {
-    float *yr = y + r * out;
-    if (residual == nullptr) {
-      std::memcpy(yr, bias, out * sizeof(float));
-    } else {
-      const float *rr = residual + r * out;
+           int64_t out, float *y, float *h = nullptr) {
+  float *product = h == nullptr ? y : h;
+  const ms_vit::Gemm gemm{false, true, in, 1.0f, x, in, weight, in, 1.0f, product, out};
+  return ms_vit::for_each_block(rows, out, in, true, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float *pr = product + r * out;
+      if (residual == nullptr) {
+        std::memcpy(pr + c0, bias + c0, (c1 - c0) * sizeof(float));
+      } else {
+        const float *rr = residual + r * out;
 #pragma omp simd
-      for (int64_t j = 0; j < out; ++j) yr[j] = rr[j] + bias[j];
+        for (int64_t j = c0; j < c1; ++j) pr[j] = rr[j] + bias[j];
+      }
     }
+    if (gemm.block(r0, r1, c0, c1) != 0) return 1;
+    if (h != nullptr) {
+      for (int64_t r = r0; r < r1; ++r) {
+#pragma omp simd
+        for (int64_t j = r * out + c0; j < r * out + c1; ++j) y[j] = ms_vit::gelu_erf(h[j]);
+      }
+    }
+    return 0;
   });
-  return gemm(false, true, rows, out, in, 1.0f, x, in, weight, in, 1.0f, y, out);
 }
 
 // dx = dy weight, dweight = dy^T x, dbias = dy's column sums.
@@ -105,16 +117,9 @@ extern "C" int LinearGeluForward(int nparam, void **params, int *ndims, int64_t 
                                  void *, void *) {
   if (nparam != 5 || !all_float32(nparam, dtypes)) return 1;
   const Dims d = dims(ndims, shapes);
-  float *h = static_cast<float *>(params[3]);
-  float *y = static_cast<float *>(params[4]);
-  if (linear(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-             static_cast<const float *>(params[2]), nullptr, d.rows, d.in, d.out, h) != 0)
-    return 1;
-  ms_vit::for_each_row(d.rows, d.out, [=](int64_t r) {
-#pragma omp simd
-    for (int64_t j = r * d.out; j < (r + 1) * d.out; ++j) y[j] = ms_vit::gelu_erf(h[j]);
-  });
-  return 0;
+  return linear(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                static_cast<const float *>(params[2]), nullptr, d.rows, d.in, d.out, static_cast<float *>(params[4]),
+                static_cast<float *>(params[3])) == 0 ? 0 : 1;
 }
 
 // params: x (R, I), weight (O, I), h (R, O), dy (R, O); dx (R, I), dweight (O, I), dbias (O): the gradient of
