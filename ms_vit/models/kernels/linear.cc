@@ -1,7 +1,6 @@
 // A Dense layer's matrix products for MindSpore CPU on oneDNN's sgemm (gemm.h), as AOT custom-op kernels
 // (ms_vit.models.kernels): the forward product with its bias, and the whole gradient (dx, dweight, dbias) in one op.
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "gemm.h"
@@ -32,28 +31,30 @@ void sum_rows(const float *m, int64_t rows, int64_t cols, float *sums) {
 }
 
 
-// Fills y (R, O) with x weight^T + bias (+ residual (R, O) when given), weight (O, ...) seen as (O, I); with `gelu`,
-// h = that and y = GELU(h), the exact GELU. Each thread does all of it on its own block of the result.
+// Fills y (R, O) with x weight^T + bias (+ residual (R, O) when given), weight (O, ...) seen as (O, I); given h (R, O),
+// h = x weight^T + bias and y = GELU(h), the exact GELU. Each thread does all of it on its own block of the result,
+// adding after its product (the block then in its cache).
 int linear(const float *x, const float *weight, const float *bias, const float *residual, int64_t rows, int64_t in,
            int64_t out, float *y, float *h = nullptr) {
   float *product = h == nullptr ? y : h;
-  const ms_vit::Gemm gemm{false, true, in, 1.0f, x, in, weight, in, 1.0f, product, out};
+  const ms_vit::Gemm gemm{false, true, in, 1.0f, x, in, weight, in, 0.0f, product, out};
   return ms_vit::for_each_block(rows, out, in, true, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float *pr = product + r * out;
-      if (residual == nullptr) {
-        std::memcpy(pr + c0, bias + c0, (c1 - c0) * sizeof(float));
-      } else {
-        const float *rr = residual + r * out;
-#pragma omp simd
-        for (int64_t j = c0; j < c1; ++j) pr[j] = rr[j] + bias[j];
-      }
-    }
     if (gemm.block(r0, r1, c0, c1) != 0) return 1;
-    if (h != nullptr) {
-      for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t r = r0; r < r1; ++r) {         // the block is in this thread's cache
+      float *pr = product + r * out, *yr = y + r * out;
+      const float *rr = residual == nullptr ? nullptr : residual + r * out;
+      if (h != nullptr) {
 #pragma omp simd
-        for (int64_t j = r * out + c0; j < r * out + c1; ++j) y[j] = ms_vit::gelu_erf(h[j]);
+        for (int64_t j = c0; j < c1; ++j) {
+          pr[j] += bias[j];
+          yr[j] = ms_vit::gelu_erf(pr[j]);
+        }
+      } else if (rr != nullptr) {
+#pragma omp simd
+        for (int64_t j = c0; j < c1; ++j) pr[j] += rr[j] + bias[j];
+      } else {
+#pragma omp simd
+        for (int64_t j = c0; j < c1; ++j) pr[j] += bias[j];
       }
     }
     return 0;
