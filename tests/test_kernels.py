@@ -223,8 +223,8 @@ def test_softmax_kernel_matches_mindspore(mode):
 
 def test_linear_kernels_match_dense(mode):
     """kernels.Linear (oneDNN's sgemm; a residual added or the exact GELU applied in the same op; a convolution's
-    4-D weight read as (O, I)) gives nn.Dense's output and gradients, on few rows (one task) and on many (all the
-    pool's threads: each a block of columns or of rows, see gemm.h's for_each_block)."""
+    4-D weight read as (O, I)) gives nn.Dense's output and gradients, on small products (one thread) and on larger
+    ones (all the pool's threads: each a block of columns or of rows, see gemm.h's for_each_block)."""
     from mindspore import nn
 
     from ms_vit.models.kernels import linear
@@ -234,7 +234,8 @@ def test_linear_kernels_match_dense(mode):
     # dW (out, in), each split both ways below, and the columns' blocks not whole multiples of 16
     cases = [(48, 16, 30, None), (16, 48, 30, None), (16, 48, 1201, None), (40, 48, 301, "residual"),
              (40, 48, 301, "gelu"), (24, 3 * 4 * 4, 77, "conv"),
-             (200, 64, 97, "gelu"), (40, 64, 501, "residual"), (70, 300, 60, None), (200, 3 * 4 * 4, 240, "conv")]
+             (200, 64, 97, "gelu"), (40, 64, 501, "gelu"), (40, 64, 501, "residual"), (200, 64, 97, "residual"),
+             (70, 300, 60, None), (200, 3 * 4 * 4, 240, "conv")]
     for out_features, in_features, rows, kind in cases:
         dense = nn.Dense(in_features, out_features)
         op = linear(gelu=kind == "gelu")

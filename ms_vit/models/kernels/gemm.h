@@ -43,17 +43,21 @@ struct Gemm {
 };
 
 // Runs body(m0, m1, n0, n1) over the blocks of an (m, n) result with inner dimension k, one block per thread of the
-// pool: blocks of columns (whole multiples of 16, one AVX-512 vector) when the result is wide enough and op(b) is
-// the smaller operand to share, else blocks of rows. On the calling thread alone when `parallel` is false, inside a
-// pool task, or for a small product. body returns a status (0: done); so does this (the first failure).
+// pool: blocks of columns (whole multiples of 16, one AVX-512 vector) when the result has more columns than rows, else
+// blocks of rows, so that the operand every thread reads whole is the smaller one. At least kMinParallelMacs / 2
+// multiply-adds per block (fewer threads for smaller products); on the calling thread alone when `parallel` is false,
+// inside a pool task, or below kMinParallelMacs. body returns a status (0: done); so does this (0 if every block's
+// was 0).
 //
-// Each thread's sgemm then runs on its own block, and the caller's work on that block (bias, residual, GELU) runs
-// right after, on the same thread, while the block is in its cache. On ViT-Ti/16 at batch 1 this takes 15-20 % off
-// the products' time against oneDNN dividing each product over the same threads itself.
+// Each thread's sgemm runs on its own block, and the caller's work on that block (bias, residual, GELU) right after,
+// on the same thread, while the block is in its cache: faster than oneDNN dividing each product over the same
+// threads itself (docs/performance.md, ViT-Ti/16 and B/16 at batch 1).
 template <typename Body>
 int for_each_block(int64_t m, int64_t n, int64_t k, bool parallel, Body body) {
-  const int threads = ThreadPool::instance().threads();
-  if (!parallel || threads == 1 || ThreadPool::in_task() || m * n * k < kMinParallelMacs) return body(0, m, 0, n);
+  const int64_t macs = m * n * k;
+  const int threads = static_cast<int>(
+      std::min<int64_t>(ThreadPool::instance().threads(), std::max<int64_t>(1, macs / (kMinParallelMacs / 2))));
+  if (!parallel || threads == 1 || ThreadPool::in_task() || macs < kMinParallelMacs) return body(0, m, 0, n);
   const bool by_columns = n > m;
   const int64_t extent = by_columns ? n : m, grain = by_columns ? 16 : 1;
   const int64_t block = ((extent + threads - 1) / threads + grain - 1) / grain * grain;

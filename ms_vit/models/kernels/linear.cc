@@ -33,7 +33,8 @@ void sum_rows(const float *m, int64_t rows, int64_t cols, float *sums) {
 
 // Fills y (R, O) with x weight^T + bias (+ residual (R, O) when given), weight (O, ...) seen as (O, I); given h (R, O),
 // h = x weight^T + bias and y = GELU(h), the exact GELU. Each thread does all of it on its own block of the result,
-// adding after its product (the block then in its cache).
+// adding after its product (the block then in its cache). y must not be residual's memory (MindSpore gives a Custom
+// op's outputs their own).
 int linear(const float *x, const float *weight, const float *bias, const float *residual, int64_t rows, int64_t in,
            int64_t out, float *y, float *h = nullptr) {
   float *product = h == nullptr ? y : h;
